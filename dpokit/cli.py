@@ -1,0 +1,83 @@
+"""Command line: argument parsing only; every command calls the public API.
+
+Exit status: 0 success, 1 if any model failed, 2 for config/data/environment problems
+(explained in plain words, without a traceback unless --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpokit", description="Preference fine-tuning (DPO, IPO, KTO, ORPO) "
+                                     "with LoRA, from one YAML config.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train the config's models (or explain them with --dry-run)")
+    train.add_argument("--config", required=True, help="YAML config (see configs/)")
+    train.add_argument("--model-index", type=int, default=None, help="train only models[N] (0-based)")
+    train.add_argument("--dry-run", action="store_true", help="validate and explain; load no weights, train nothing")
+    train.add_argument("--output-dir", default=None, help="override training.output_dir")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set training.learning_rate=1e-6 (repeatable)")
+    train.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DPOKIT_DEBUG") == "1"
+    from .errors import DpokitError
+
+    try:
+        return _dispatch(args)
+    except DpokitError as e:
+        if debug:
+            raise
+        print(f"\nerror: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from .config import load_config, parse_override
+    from .errors import ConfigError, Problem
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    config = load_config(args.config, overrides=overrides)
+    if args.model_index is not None and not 0 <= args.model_index < len(config.models):
+        names = ", ".join(f"{i}: {m.name}" for i, m in enumerate(config.models))
+        raise ConfigError([Problem("--model-index", f"{args.model_index} is out of range; the config has "
+                                   f"{len(config.models)} model(s) ({names})", "use an index from that list")],
+                          args.config)
+    if args.command == "train":
+        if args.dry_run:
+            from .explain import explain
+
+            return explain(config, model_index=args.model_index, output_dir=args.output_dir)
+        from .compat import check_versions
+        from .run import train
+
+        check_versions()
+        results = train(config, model_index=args.model_index, output_dir=args.output_dir)
+        return report_results(results)
+    return 2
+
+
+def report_results(results) -> int:
+    print("\n== results")
+    width = max(len(r.model) for r in results)
+    for r in results:
+        detail = r.run_dir if r.status == "completed" else (r.error or "")
+        print(f"  {r.model:<{width}}  {r.status:<9}  {detail}")
+    return 0 if all(r.status == "completed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The one place that knows which library versions dpokit is tested with and how their APIs differ.
+
+TRL and transformers rename arguments between releases; every such difference is handled here
+so the rest of dpokit is written against one API, and an untested version fails fast with the
+supported range instead of a confusing error deep in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import metadata
+
+from packaging.version import Version
+
+from .errors import EnvironmentProblem
+
+# Tested ranges (keep in step with pyproject.toml).
+SUPPORTED = {
+    "trl": (">=1.16", "<1.17"),
+    "transformers": (">=5.0", "<6"),
+    "peft": (">=0.21", "<0.22"),
+    "datasets": (">=5.0", "<6"),
+    "accelerate": (">=1.15", "<1.16"),
+}
+
+
+def installed_versions(packages=("torch", "transformers", "trl", "peft", "datasets", "accelerate", "gguf",
+                                 "pydantic", "dpokit")) -> dict[str, str | None]:
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def check_versions() -> None:
+    """Raise EnvironmentProblem naming every package outside its tested range."""
+    bad = []
+    for name, (low, high) in SUPPORTED.items():
+        try:
+            v = Version(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            bad.append(f"{name} is not installed (need {low},{high})")
+            continue
+        lo, hi = Version(low[2:]), Version(high[1:])
+        if not (lo <= v < hi):
+            bad.append(f"{name} {v} is outside the tested range {low},{high}")
+    if bad:
+        raise EnvironmentProblem("installed versions dpokit is not tested with:\n  - " + "\n  - ".join(bad)
+                                 + "\nReinstall the project's pins: `make setup` (or pip install -e . in a fresh venv).")
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def checkpointing_kwargs(config_cls, enabled: bool) -> dict:
+    """transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (old name warns)."""
+    if "activation_checkpointing" in _fields(config_cls):
+        return {"activation_checkpointing": enabled, "gradient_checkpointing": None}
+    return {"gradient_checkpointing": enabled}
+
+
+def supported_kwargs(config_cls, kwargs: dict) -> tuple[dict, list[str]]:
+    """Split kwargs into those the config class accepts and the names it does not have."""
+    names = _fields(config_cls)
+    return {k: v for k, v in kwargs.items() if k in names}, [k for k in kwargs if k not in names]

@@ -1,0 +1,408 @@
+"""The config schema: one typed section per part of the post-training config guide.
+
+Every key of the guide is a field here with its default and a one-line description. Unknown
+keys are refused with a did-you-mean suggestion, and every problem is reported at once with
+its dotted path, before any model or dataset is loaded (`load_config`). Rules that involve
+several sections live in `dpokit.rules`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, Problem
+
+EMBEDDED_DATASET = "embedded:instruct-tasks"
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys are errors, assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Section):
+    name: str = Field(description="Friendly name used for run directories and reports.")
+    huggingface_id: str = Field(
+        description="Hub id (org/model), a local directory, or `embedded:smollm2-135m-instruct`."
+    )
+    trust_remote_code: bool = Field(False, description="Allow the model repo's own Python code to run.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v.strip() or any(c in v for c in "/\\\0") or v in {".", ".."}:
+            raise ValueError("must be a non-empty name without '/' or '\\' (it names the run directory)")
+        return v.strip()
+
+
+class DatasetSection(Section):
+    name: str = Field(
+        EMBEDDED_DATASET,
+        description="Hub dataset id, a local file (.jsonl/.json/.jsonl.gz/.parquet/.csv) or directory, "
+        "or `embedded:instruct-tasks` (generated offline).",
+    )
+    subset: str | None = Field(None, description="Dataset subset/config name (hub datasets) or data_dir.")
+    split: str = Field("train", description="Split to train on.")
+    prompt_column: str = Field("prompt", description="Column with prompts (absent for implicit-prompt data).")
+    chosen_column: str = Field("chosen", description="Column with preferred responses.")
+    rejected_column: str = Field("rejected", description="Column with rejected responses.")
+    max_samples: int | None = Field(1000, gt=0, description="Keep at most this many rows (seeded shuffle); null = all.")
+    validation_split: float = Field(0.1, ge=0.0, lt=1.0, description="Held-out fraction for evaluation, in [0, 1).")
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Wrap plain-text prompts/answers as chat messages so the tokenizer's chat template is "
+        "applied: auto = when the tokenizer has a chat template.",
+    )
+
+
+class PostTrainingSection(Section):
+    method: Literal["dpo", "ipo", "kto", "orpo"] = Field("dpo", description="dpo, ipo, kto or orpo.")
+    beta: float = Field(0.1, gt=0.0, description="Strength of the pull towards the reference model (KL weight).")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Assumed label-noise rate; only the robust and exo_pair losses use it."
+    )
+    loss_type: str | list[str] | None = Field(
+        None, description="Loss variant (dpo: sigmoid, hinge, ipo, robust, ...); null = the method's default."
+    )
+    loss_weights: list[float] | None = Field(
+        None, description="Weights when several loss types are combined, e.g. [sigmoid, sft] with [1, 1]."
+    )
+    use_ref_model: bool = Field(
+        True,
+        description="true: keep a separate frozen reference model in memory; false: the reference is the "
+        "policy with its LoRA adapter switched off (no second copy).",
+    )
+    ref_model_id: str | None = Field(None, description="Separate reference model; null = the policy's base model.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute reference log-probs once before training (and cache them across runs)."
+    )
+
+    @field_validator("loss_type")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list; give one loss type or several, or null for the method's default")
+        return v
+
+    @property
+    def loss_types(self) -> list[str]:
+        """The loss types as a list (the method's default when none is set)."""
+        from .methods import METHODS
+
+        if self.loss_type is None:
+            default = METHODS[self.method].default_loss
+            return [default] if default else []
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+
+class LoraSection(Section):
+    r: int = Field(16, gt=0, description="LoRA rank (lower = fewer trainable parameters).")
+    lora_alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r; usually 2*r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Module names to adapt (checked against the model), or 'all-linear'.",
+    )
+    task_type: Literal["CAUSAL_LM"] = Field("CAUSAL_LM", description="PEFT task type; preference training here is causal LM.")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale = alpha / sqrt(r).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class TrainingSection(Section):
+    output_dir: str = Field("./outputs", description="Each run gets a fresh subdirectory here.")
+    num_epochs: float = Field(1, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
+    per_device_train_batch_size: int = Field(2, gt=0, description="Pairs per device per forward pass (train).")
+    per_device_eval_batch_size: int = Field(2, gt=0, description="Pairs per device per forward pass (eval).")
+    gradient_accumulation_steps: int = Field(8, gt=0, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(5.0e-7, gt=0.0, description="Peak learning rate.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps.")
+    max_seq_length: int = Field(512, gt=0, description="Max tokens of prompt + completion.")
+    max_prompt_length: int | None = Field(256, gt=0, description="Max prompt tokens (the start is cut, the end kept).")
+    max_completion_length: int | None = Field(256, gt=0, description="Max completion tokens (the end is cut).")
+    logging_steps: int = Field(10, gt=0, description="Log metrics every N steps.")
+    save_steps: int = Field(500, gt=0, description="Save a checkpoint every N steps.")
+    eval_steps: int = Field(500, gt=0, description="Evaluate every N steps (when there is a validation split).")
+    save_total_limit: int | None = Field(3, gt=0, description="Keep at most N checkpoints.")
+    fp16: bool = Field(False, description="fp16 mixed precision (CUDA only).")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (recent GPUs; works but slow on CPU).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    optim: str = Field("adamw_torch", description="Optimizer name as transformers knows it.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay (often 0 for DPO).")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from transformers.training_args import OptimizerNames
+
+        names = [o.value for o in OptimizerNames]
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown optimizer '{v}'.{hint} Common: adamw_torch, adamw_torch_fused, sgd, adafactor")
+        return v
+
+
+class GpuSection(Section):
+    device_ids: list[int] | None = Field(None, description="GPU ids to use; null = what is visible.")
+    use_ddp: bool = Field(False, description="One process per device with DistributedDataParallel (via accelerate).")
+    on_missing: Literal["stop", "cpu"] = Field(
+        "stop", description="When the requested GPUs are not there: stop with an error, or fall back to CPU."
+    )
+
+
+class FinetuningSection(Section):
+    resume_from_checkpoint: str | None = Field(None, description="A checkpoint path, or 'latest' for this model's newest.")
+    load_best_model_at_end: bool = Field(False, description="Restore the best checkpoint (by metric) at the end.")
+    metric_for_best_model: str = Field("eval_loss", description="Metric that picks the best checkpoint.")
+    greater_is_better: bool = Field(False, description="Whether a higher metric is better.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N evaluations without improvement.")
+
+
+class LoggingSection(Section):
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb or none.")
+    logging_dir: str = Field("./logs", description="Where tracking backends write (a subfolder per run).")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="Console verbosity.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _as_list(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_backends(cls, v: list[str]) -> list[str]:
+        known = ("tensorboard", "mlflow", "wandb", "none")
+        for b in v:
+            if b not in known:
+                close = difflib.get_close_matches(b, known, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown backend '{b}'.{hint} Choose from {', '.join(known)}")
+        return [b for b in v if b != "none"]
+
+
+class EvaluationSection(Section):
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="Generate before/after answers on held-out prompts at the end (auto: embedded data)."
+    )
+    num_prompts: int = Field(60, gt=0, description="Held-out prompts to generate answers for.")
+    max_new_tokens: int = Field(48, gt=0, description="Greedy generation length.")
+
+
+class Config(Section):
+    """A whole dpokit config (the guide's sections plus `seed` and `evaluation`)."""
+
+    models: list[ModelSpec] = Field(description="Models to train one after another.")
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    post_training: PostTrainingSection = Field(default_factory=PostTrainingSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    gpu: GpuSection = Field(default_factory=GpuSection)
+    finetuning: FinetuningSection = Field(default_factory=FinetuningSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    seed: int = Field(42, description="Seed for data shuffling/splitting, LoRA init and training.")
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, v: list[ModelSpec]) -> list[ModelSpec]:
+        if not v:
+            raise ValueError("the list is empty; add at least one model with `name` and `huggingface_id`")
+        names = [m.name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique (they name run directories); repeated: {dupes}")
+        return v
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely (no Python objects), with a clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), "file not found", "check the path passed to --config")], str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError([Problem(where, f"not valid YAML ({getattr(e, 'problem', e)})",
+                                   "check indentation and quoting near that line")], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(str(path), f"expected a mapping of sections, got {type(data).__name__}")], str(path))
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `section.key=value` (value read as YAML: numbers, lists, null, true/false)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([Problem(f"--set {text}", "expected KEY=VALUE, e.g. training.learning_rate=1e-6")], "--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a copy of `data` with dotted-path overrides applied (`models.0.name` indexes lists)."""
+    data = copy.deepcopy(data)
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                data: dict[str, Any] | None = None) -> Config:
+    """Load and validate a config: schema defaults < YAML file (or `data`) < `overrides`.
+
+    Raises ConfigError listing every problem (with dotted paths) before anything is loaded.
+    """
+    from .rules import check_rules
+
+    source = str(path) if path is not None else "config"
+    raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
+    try:
+        raw = apply_overrides(raw, overrides)
+    except (IndexError, ValueError, AttributeError, TypeError) as e:
+        raise ConfigError([Problem("--set", f"cannot apply overrides {overrides}: {e}")], source) from None
+    # YAML 1.1 reads `5e-7` (no dot) as a string; pydantic's lax mode accepts it for float fields.
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        problems = problems_from_validation(e)
+        # Report cross-field problems too: validate again without the broken keys (so their
+        # defaults stand in) and add what the rules find about the rest.
+        repaired = _validate_without(raw, [err["loc"] for err in e.errors()])
+        if repaired is not None:
+            seen = {p.where for p in problems}
+            problems += [p for p in check_rules(repaired) if p.where not in seen]
+        raise ConfigError(problems, source) from None
+    problems = check_rules(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _validate_without(raw: dict[str, Any], locs: list[tuple]) -> Config | None:
+    """Validate `raw` with the keys at `locs` removed; None if it still fails."""
+    data = copy.deepcopy(raw)
+    for loc in locs:
+        node: Any = data
+        for part in loc[:-1]:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        if isinstance(node, dict):
+            node.pop(loc[-1], None)
+    try:
+        return Config.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def problems_from_validation(error: ValidationError) -> list[Problem]:
+    """Turn pydantic errors into Problems with dotted paths and did-you-mean hints."""
+    problems = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "config"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            problems.append(_unknown_key_problem(loc))
+        elif kind == "missing":
+            problems.append(Problem(where, "is required but missing", f"add it: {_field_help(loc)}"))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            given = err.get("input")
+            if not isinstance(given, (dict, list)):
+                msg += f" (got {given!r})"
+            help_text = _field_help(loc)
+            problems.append(Problem(where, msg, f"expected: {help_text}" if help_text else ""))
+    return problems
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            return None
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def _unknown_key_problem(loc: list[str]) -> Problem:
+    parent, key = loc[:-1], loc[-1]
+    model = _model_at(parent)
+    where = ".".join(loc)
+    if model is None:
+        return Problem(where, "unknown key")
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return Problem(where, "unknown key", f"did you mean '{close[0]}'? ({'.'.join(parent + [close[0]])})")
+    section = ".".join(parent) or "the top level"
+    return Problem(where, "unknown key", f"keys allowed in {section}: {', '.join(known)}")
+
+
+def _field_help(loc: list[str]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None or loc[-1] not in getattr(model, "model_fields", {}):
+        return ""
+    return model.model_fields[loc[-1]].description or ""
+
+
+def schema_reference() -> str:
+    """Markdown table of every section and key with default and description (for the README)."""
+    lines = []
+    for section, field in Config.model_fields.items():
+        model = _model_at([section])
+        if model is None:
+            lines.append(f"| `{section}` | `{field.default!r}` | {field.description} |")
+            continue
+        for key, f in model.model_fields.items():
+            default = f.default_factory() if f.default_factory else f.default
+            default = "required" if f.is_required() else default
+            lines.append(f"| `{section}.{key}` | `{default!r}` | {f.description} |")
+    return "| key | default | meaning |\n|---|---|---|\n" + "\n".join(lines)

@@ -1,0 +1,149 @@
+"""`dpokit train --dry-run`: validate and explain a config without loading weights or training.
+
+For each model: parameter counts and trainable LoRA parameters (from a weightless 'meta' model),
+the LoRA targets checked against the model, the detected data format and split sizes, one pair
+rendered with its prompt/chosen/rejected boundaries and token counts, what the length limits
+cut, effective batch and steps, the reference model, and the guide's tips as warnings.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .errors import DataError, ModelError
+from .methods import METHODS
+from .rules import DeviceInfo, advise, device_problems
+
+
+def explain(config, model_index: int | None = None, output_dir: str | None = None) -> int:
+    """Print the explanation; returns 2 if a model or the data cannot be used as configured, else 0."""
+    device = DeviceInfo.detect()
+    print("== resolved config (defaults < YAML < --set)\n")
+    print(config.to_yaml())
+    failures = 0
+    indices = [model_index] if model_index is not None else range(len(config.models))
+    for i in indices:
+        failures += _explain_model(config, i, device)
+    root = Path(output_dir or config.training.output_dir).expanduser()
+    print(f"\n== runs would be written under {root.resolve()} (a fresh directory per model; nothing is overwritten)")
+    machine = device_problems(config, device)
+    for p in machine:
+        print(f"   ! on this machine the run would stop: {p}")
+    print("\n== dry run: no weights loaded, nothing trained" + (f"; {failures} model(s) have problems" if failures else ""))
+    return 2 if failures else 0
+
+
+def _explain_model(config, index: int, device: DeviceInfo) -> int:
+    from .data import load_preference_data
+
+    spec = config.models[index]
+    pt = config.post_training
+    method = METHODS[pt.method]
+    print(f"== model {index}: {spec.name} ({spec.huggingface_id})")
+    print(f"   method: {pt.method} — {method.summary}")
+    if method.loss_types:
+        print(f"   loss_type: {pt.loss_types}" + (f" weights {pt.loss_weights}" if pt.loss_weights else ""))
+    if spec.trust_remote_code:
+        print("   trust_remote_code: true — this model's own Python code will run")
+    _explain_reference(config, spec)
+    tokenizer, problem = None, 0
+    try:
+        tokenizer = _explain_weights(config, spec)
+    except ModelError as e:
+        unreachable = "cannot be reached" in str(e) or "not in the local" in str(e)
+        print(f"   {'note' if unreachable else 'ERROR'}: {e}")
+        problem = 0 if unreachable else 1
+    try:
+        has_template = tokenizer.chat_template is not None if tokenizer is not None else False
+        data = load_preference_data(config, has_template)
+    except DataError as e:
+        offline = "cannot be fetched" in str(e)
+        print(f"   {'note' if offline else 'ERROR'}: {e}")
+        _explain_schedule(config, None, device)
+        return 1 if not offline else problem
+    n_train, n_eval = len(data.train), (len(data.eval) if data.eval is not None else 0)
+    print(f"   data: {data.source}: {n_train} train / {n_eval} validation rows"
+          + (f" / {len(data.heldout)} held-out task prompts" if data.heldout is not None else ""))
+    for note in data.notes:
+        print(f"   data {note}")
+    if tokenizer is not None:
+        _explain_tokens(config, tokenizer, data)
+    _explain_schedule(config, n_train, device)
+    return problem
+
+
+def _explain_reference(config, spec) -> None:
+    pt = config.post_training
+    if not METHODS[pt.method].uses_reference:
+        print("   reference: none (ORPO is reference-free)")
+    elif pt.use_ref_model:
+        ref = pt.ref_model_id or spec.huggingface_id
+        print(f"   reference: a separate frozen copy of {ref} (costs its weights in memory; "
+              "use_ref_model: false reuses the base under the adapter)")
+    else:
+        print("   reference: the base model with the LoRA adapter switched off — not an SFT model; "
+              "no second copy in memory")
+    if pt.precompute_ref_log_probs:
+        print("   reference log-probs: computed once before training (precompute_ref_log_probs)")
+
+
+def _explain_weights(config, spec):
+    from peft import get_peft_model
+
+    from .models import check_target_modules, count_parameters, load_model_config, load_tokenizer, lora_config, meta_model
+
+    model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
+    model = meta_model(model_config)
+    check_target_modules(model, config.lora.target_modules, model_config.model_type)
+    total, _ = count_parameters(model)
+    peft_model = get_peft_model(model, lora_config(config.lora))
+    _, trainable = count_parameters(peft_model)
+    print(f"   model: {model_config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={config.lora.r} on "
+          f"{config.lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
+    return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
+
+
+def _explain_tokens(config, tokenizer, data) -> None:
+    from .data import length_report, tokenize_pair
+
+    t = config.training
+    row = data.train[0]
+    ids = tokenize_pair(tokenizer, row)
+    print("   one pair as the model sees it (token counts; ⟦ ⟧ marks the completion):")
+    for side in ("chosen", "rejected"):
+        text = tokenizer.decode(ids["prompt_ids"]) + "⟦" + tokenizer.decode(ids[f"{side}_ids"]) + "⟧"
+        print(f"     {side} [{len(ids['prompt_ids'])} prompt + {len(ids[f'{side}_ids'])} completion tokens]: "
+              f"{_clip(text)}")
+    stats = length_report(tokenizer, data.train, t.max_prompt_length, t.max_completion_length, t.max_seq_length)
+    n = stats["rows"]
+    print(f"   lengths over {n} rows: prompt max {max(stats['prompt_len'])}, completion max "
+          f"{max(stats['chosen_len'] + stats['rejected_len'])} tokens; cut by max_prompt_length="
+          f"{t.max_prompt_length}: {stats['prompt_truncated']}, by max_completion_length={t.max_completion_length}: "
+          f"{stats['completion_truncated']}, by max_seq_length={t.max_seq_length}: {stats['total_truncated']}")
+    if stats["double_bos"]:
+        print(f"   ! {stats['double_bos']} rows start with BOS twice (the text already has one and the tokenizer "
+              "adds another): strip it from the data")
+    if n and stats["completion_truncated"] > n / 2:
+        print("   ! most completions are truncated: raise max_completion_length or the model learns from fragments")
+
+
+def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:
+    t = config.training
+    n_proc = len(config.gpu.device_ids or [0]) if config.gpu.use_ddp else 1
+    eff = t.per_device_train_batch_size * t.gradient_accumulation_steps * n_proc
+    if t.max_steps is not None:
+        steps = f"{t.max_steps} optimizer steps (max_steps)"
+    elif n_train:
+        steps = f"{math.ceil(n_train / eff) * t.num_epochs:g} optimizer steps ({t.num_epochs:g} epoch(s))"
+    else:
+        steps = "steps unknown until the data loads"
+    print(f"   schedule: effective batch {eff} = {t.per_device_train_batch_size} per device x "
+          f"{t.gradient_accumulation_steps} accumulation x {n_proc} process(es); {steps}")
+    for note in advise(config, device, n_train):
+        print(f"   ! {note}")
+
+
+def _clip(text: str, n: int = 400) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= n else text[: n // 2] + " … " + text[-n // 2:]

@@ -1,0 +1,171 @@
+"""Tokenizers, models and LoRA: resolve where a model lives, load it, check LoRA targets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import ModelError
+
+# The guide's LoRA target suggestions by model family (transformers `model_type`).
+FAMILY_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    "gpt_neo": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt_neox": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "falcon": ["query_key_value"],
+}
+
+
+def resolve_model_path(model_id: str) -> str:
+    """A local directory or hub id usable by `from_pretrained`; embedded ids are converted once."""
+    from .embedded import ensure_embedded_model, is_embedded_id, parse_embedded_id
+
+    if is_embedded_id(model_id):
+        try:
+            return str(ensure_embedded_model(parse_embedded_id(model_id)))
+        except ValueError as e:
+            raise ModelError(f"models[].huggingface_id: {e}") from None
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"models[].huggingface_id: directory {path} has no config.json; point it at a "
+                             "directory written by save_pretrained")
+        return str(path)
+    if model_id.startswith((".", "/", "~")):
+        raise ModelError(f"models[].huggingface_id: '{model_id}' looks like a path but does not exist")
+    return model_id
+
+
+def load_model_config(model_id: str, trust_remote_code: bool = False):
+    """The model's transformers config only (no weights): fast, and enough for a dry run."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(model_id)
+    try:
+        return AutoConfig.from_pretrained(path, **_remote(trust_remote_code))
+    except Exception as e:
+        raise ModelError(_load_failure(model_id, e)) from None
+
+
+def load_tokenizer(model_id: str, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token (EOS when it has none; TRL masks padding by attention, not id)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_id)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **_remote(trust_remote_code))
+    except Exception as e:
+        raise ModelError(_load_failure(model_id, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_id: str, trust_remote_code: bool = False, dtype=None, device: str | None = None):
+    """The causal LM with weights, in `dtype` (default fp32), on `device` (default: CPU/current)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model_id)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                     **_remote(trust_remote_code))
+    except Exception as e:
+        raise ModelError(_load_failure(model_id, e)) from None
+    if device:
+        model.to(device)
+    return model
+
+
+def meta_model(model_config):
+    """The model's modules with no memory behind them (device 'meta'): names and parameter counts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_config)
+
+
+def _remote(trust: bool) -> dict:
+    # Passed only when true, so a repo's own code never runs unless the YAML says so.
+    return {"trust_remote_code": True} if trust else {}
+
+
+def _load_failure(model_id: str, e: Exception) -> str:
+    import os
+
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    msg = f"models[].huggingface_id: cannot load '{model_id}' ({type(e).__name__}: {text})."
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    if offline or "offline" in text.lower() or "connect" in text.lower():
+        msg += (" It is not in the local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE=1 "
+                "or no network). Download it once where you have access (`hf download ORG/MODEL`), point "
+                "huggingface_id at a local directory, or use `embedded:smollm2-135m-instruct`.")
+    return msg
+
+
+def lora_config(lora_cfg):
+    """The PEFT LoraConfig for the `lora` section, every key passed through."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.lora_alpha,
+        lora_dropout=lora_cfg.lora_dropout,
+        bias=lora_cfg.bias,
+        target_modules=lora_cfg.target_modules,
+        task_type=lora_cfg.task_type,
+        use_rslora=lora_cfg.use_rslora,
+        use_dora=lora_cfg.use_dora,
+    )
+
+
+def linear_module_names(model) -> list[str]:
+    """Distinct leaf names of the model's linear-like layers (what LoRA can target)."""
+    import torch
+
+    names = set()
+    for full, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, torch.nn.Linear) or kind in ("Conv1D", "Linear8bitLt", "Linear4bit"):
+            names.add(full.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def check_target_modules(model, targets, model_type: str | None = None) -> None:
+    """Raise ModelError if a LoRA target matches no module, listing what the model has."""
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return
+        if any(re.fullmatch(targets, n) for n, _ in model.named_modules()):
+            return
+        missing = [targets]
+    else:
+        leaves = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in targets if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
+    if not missing:
+        return
+    available = [n for n in linear_module_names(model) if n != "lm_head"]
+    suggestion = FAMILY_TARGETS.get(model_type or getattr(model.config, "model_type", ""), None)
+    msg = (f"lora.target_modules: {missing} match no module of this {model_type or 'model'}. "
+           f"Its linear layers are: {available}.")
+    if suggestion:
+        msg += f" For this family the guide suggests target_modules: {suggestion}."
+    else:
+        msg += " Or use target_modules: all-linear."
+    raise ModelError(msg)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

@@ -1,0 +1,266 @@
+"""One run end to end, and batches of models with failure isolation.
+
+config -> run directory (never reused by accident) -> tokenizer, data, model -> TRL trainer ->
+adapter, metrics.jsonl, summary.json. A multi-model batch runs the models one after another;
+a failing model is recorded and the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .errors import ConfigError, DpokitError
+from .methods import METHODS
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class RunResult:
+    model: str
+    status: str  # "completed" | "failed"
+    run_dir: str | None = None
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def new_run_dir(output_root: Path, model_name: str, method: str) -> Path:
+    """A fresh directory `<model>-<method>-<timestamp>[-N]`; an existing one is never reused."""
+    output_root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{model_name}-{method}-{stamp}"
+    for i in range(1, 1000):
+        candidate = output_root / (base if i == 1 else f"{base}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run directory under {output_root}")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def find_resume_point(output_root: Path, model_name: str, method: str, setting: str | None):
+    """(run_dir to continue in, checkpoint) for `resume_from_checkpoint`, or (None, None)."""
+    if not setting:
+        return None, None
+    if setting != "latest":
+        ckpt = Path(setting).expanduser().resolve()
+        return ckpt.parent, ckpt
+    runs = sorted((p for p in output_root.glob(f"{model_name}-{method}-*") if p.is_dir()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for run in runs:
+        ckpt = latest_checkpoint(run)
+        if ckpt is not None:
+            return run, ckpt
+    raise ConfigError([_problem("finetuning.resume_from_checkpoint",
+                                f"'latest': no checkpoint of {model_name}-{method} under {output_root}",
+                                "train once first, or set resume_from_checkpoint: null")])
+
+
+def _problem(where, msg, hint=""):
+    from .errors import Problem
+
+    return Problem(where, msg, hint)
+
+
+class MetricsLogger(TrainerCallback):
+    """Append every logged metrics dict to metrics.jsonl (one JSON object per line)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.history: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        self.history.append(record)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def environment_record(config, data, device: str) -> dict:
+    import torch
+
+    from .compat import installed_versions
+
+    return {
+        "versions": installed_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": device,
+        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "torch_threads": torch.get_num_threads(),
+        "seed": config.seed,
+        "dataset": {"source": data.source, "format": data.format, "fingerprint": data.fingerprint,
+                    "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
+                    "dropped": data.dropped},
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def final_metrics(history: list[dict]) -> dict:
+    """Last value of each metric logged during training, plus the last evaluation."""
+    out: dict[str, float] = {}
+    for rec in history:
+        for k, v in rec.items():
+            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_one(config, model_index: int, output_root: Path) -> RunResult:
+    """Train one model of the config; returns its RunResult (raises on failure)."""
+    from .rules import DeviceInfo, device_problems
+
+    spec = config.models[model_index]
+    pt = config.post_training
+    method = METHODS[pt.method]
+    device_info = DeviceInfo.detect()
+    problems = device_problems(config, device_info)
+    if problems:
+        raise ConfigError(problems)
+    use_cpu = device_info.cuda_devices == 0
+    device = "cpu" if use_cpu else "cuda"
+
+    resume_dir, ckpt = find_resume_point(output_root, spec.name, pt.method, config.finetuning.resume_from_checkpoint)
+    run_dir = resume_dir or new_run_dir(output_root, spec.name, pt.method)
+    say(f"\n== {spec.name} ({spec.huggingface_id}) · {pt.method} {pt.loss_types or ''} -> {run_dir}")
+    if spec.trust_remote_code:
+        say("   trust_remote_code: true — this model's own Python code will run")
+    if resume_dir:
+        say(f"   resuming from {ckpt}")
+    write_text(run_dir / "resolved_config.yaml", config.to_yaml())
+    write_json(run_dir / "summary.json", {"status": "running", "model": spec.name, "run_dir": str(run_dir)})
+    try:
+        return _execute(config, spec, method, run_dir, ckpt, use_cpu, device)
+    except BaseException as e:
+        detail = str(e) if isinstance(e, DpokitError) else f"{type(e).__name__}: {e}"
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        write_json(run_dir / "summary.json", {"status": status, "model": spec.name, "run_dir": str(run_dir),
+                                              "error": detail})
+        e.dpokit_run_dir = str(run_dir)
+        raise
+
+
+def _execute(config, spec, method, run_dir: Path, ckpt, use_cpu: bool, device: str) -> RunResult:
+    import torch
+    from transformers import set_seed
+
+    from .data import load_preference_data
+    from .models import check_target_modules, load_model, load_tokenizer
+    from .trainers import build_trainer, resolved_trainer_settings
+
+    pt = config.post_training
+    tokenizer = load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
+    data = load_preference_data(config, tokenizer.chat_template is not None)
+    for note in data.notes:
+        say(f"   data {note}")
+    write_json(run_dir / "environment.json", environment_record(config, data, device))
+
+    set_seed(config.seed)  # before the LoRA adapter is initialised: same seed -> same adapter
+    model = load_model(spec.huggingface_id, spec.trust_remote_code)
+    check_target_modules(model, config.lora.target_modules)
+    ref_model = None
+    if method.uses_reference and pt.use_ref_model:
+        ref_id = pt.ref_model_id or spec.huggingface_id
+        say(f"   reference: separate frozen model {ref_id}")
+        ref_model = load_model(ref_id, spec.trust_remote_code)
+    elif method.uses_reference:
+        say("   reference: the base model with the LoRA adapter switched off (no second copy)")
+
+    metrics = MetricsLogger(run_dir / "metrics.jsonl")
+    trainer = build_trainer(config, spec, model=model, tokenizer=tokenizer, data=data, run_dir=run_dir,
+                            ref_model=ref_model, callbacks=[metrics], use_cpu=use_cpu)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    runtime = time.perf_counter() - start
+    adapter_dir = run_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+
+    summary = {
+        "status": "completed",
+        "model": spec.name,
+        "huggingface_id": spec.huggingface_id,
+        "method": pt.method,
+        "loss_type": pt.loss_types,
+        "steps": trainer.state.global_step,
+        "train_runtime_s": round(runtime, 2),
+        "final_metrics": final_metrics(metrics.history),
+        "train_loss": output.training_loss,
+        "adapter_dir": str(adapter_dir),
+        "run_dir": str(run_dir),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "trl_settings": resolved_trainer_settings(trainer),
+        "device": device,
+    }
+    write_json(run_dir / "summary.json", summary)
+    del trainer, model, ref_model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return RunResult(model=spec.name, status="completed", run_dir=str(run_dir), summary=summary)
+
+
+def train(config, model_index: int | None = None, output_dir: str | None = None) -> list[RunResult]:
+    """Train the config's models one after another (or only `model_index`)."""
+    output_root = Path(output_dir or config.training.output_dir).expanduser()
+    indices = [model_index] if model_index is not None else list(range(len(config.models)))
+    results: list[RunResult] = []
+    for i in indices:
+        spec = config.models[i]
+        try:
+            results.append(run_one(config, i, output_root))
+        except (KeyboardInterrupt, ConfigError):
+            raise
+        except Exception as e:  # one model's failure must not stop the batch
+            detail = str(e) if isinstance(e, DpokitError) else f"{type(e).__name__}: {e}"
+            say(f"   FAILED: {detail}")
+            results.append(RunResult(model=spec.name, status="failed", error=detail,
+                                     run_dir=getattr(e, "dpokit_run_dir", None),
+                                     summary={"traceback": traceback.format_exc()}))
+    if len(config.models) > 1 and model_index is None:
+        write_json(output_root / "batch_summary.json", {
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "models": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in results],
+        })
+    return results
+
