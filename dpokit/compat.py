@@ -67,3 +67,22 @@ def supported_kwargs(config_cls, kwargs: dict) -> tuple[dict, list[str]]:
     """Split kwargs into those the config class accepts and the names it does not have."""
     names = _fields(config_cls)
     return {k: v for k, v in kwargs.items() if k in names}, [k for k in kwargs if k not in names]
+
+
+def quiet_library_noise(log_level: str = "info") -> None:
+    """Keep deprecation chatter of the pinned libraries out of the user's console.
+
+    `logging.log_level` sets dpokit's own verbosity; transformers/TRL are kept one step quieter
+    (their `info` prints whole model configs), except at `debug`, where everything shows.
+    """
+    import logging
+    import warnings
+
+    for pattern in (r".*is_gradient_checkpointing.*", r".*gradient_checkpointing.* is deprecated.*",
+                    r".*fan_in_fan_out is set to False.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    library_level = {"debug": "info", "info": "warning"}.get(log_level, log_level)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity(getattr(logging, library_level.upper()))
+    logging.getLogger("dpokit").setLevel(getattr(logging, log_level.upper()))

@@ -67,7 +67,7 @@ class PostTrainingSection(Section):
     method: Literal["dpo", "ipo", "kto", "orpo"] = Field("dpo", description="dpo, ipo, kto or orpo.")
     beta: float = Field(0.1, gt=0.0, description="Strength of the pull towards the reference model (KL weight).")
     label_smoothing: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Assumed label-noise rate; only the robust and exo_pair losses use it."
+        0.0, ge=0.0, lt=1.0, description="Assumed label-noise rate; only the robust, exo_pair and aot losses use it."
     )
     loss_type: str | list[str] | None = Field(
         None, description="Loss variant (dpo: sigmoid, hinge, ipo, robust, ...); null = the method's default."

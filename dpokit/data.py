@@ -186,7 +186,7 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None
     limit = min(len(chosen), len(rejected))
     while n < limit and chosen[n] == rejected[n]:
         n += 1
-    cut = chosen.rfind("\n\nAssistant:", 0, n - len("\n\nAssistant:") + 1)
+    cut = chosen.rfind("\n\nAssistant:", 0, n)
     if cut < 0:
         return None
     end = cut + len("\n\nAssistant:")

@@ -18,6 +18,12 @@ from .rules import DeviceInfo, advise, device_problems
 
 def explain(config, model_index: int | None = None, output_dir: str | None = None) -> int:
     """Print the explanation; returns 2 if a model or the data cannot be used as configured, else 0."""
+    import datasets
+
+    from .compat import quiet_library_noise
+
+    quiet_library_noise(config.logging.log_level)
+    datasets.disable_progress_bars()
     device = DeviceInfo.detect()
     print("== resolved config (defaults < YAML < --set)\n")
     print(config.to_yaml())

@@ -26,7 +26,7 @@ RENAMED_LOSS_TYPES: dict[str, str] = {
 }
 
 # Losses on which `label_smoothing` has an effect in TRL; with any other it would be ignored.
-LABEL_SMOOTHING_LOSSES = frozenset({"robust", "exo_pair"})
+LABEL_SMOOTHING_LOSSES = frozenset({"robust", "exo_pair", "aot", "aot_unpaired"})
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def _method_rules(config) -> list[Problem]:
         if not used:
             out.append(Problem("post_training.label_smoothing",
                                f"{pt.label_smoothing} would be ignored: TRL applies label smoothing only to the "
-                               f"robust and exo_pair losses, and the loss is {pt.loss_types or pt.method}",
+                               f"robust, exo_pair and aot losses, and the loss is {pt.loss_types or pt.method}",
                                "set `loss_type: robust` (conservative DPO under label noise) or set label_smoothing: 0"))
         elif "robust" in used and pt.label_smoothing >= 0.5:
             out.append(Problem("post_training.label_smoothing", f"{pt.label_smoothing} is not in [0, 0.5) for robust",

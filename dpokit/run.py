@@ -149,8 +149,10 @@ def final_metrics(history: list[dict]) -> dict:
 
 def run_one(config, model_index: int, output_root: Path) -> RunResult:
     """Train one model of the config; returns its RunResult (raises on failure)."""
+    from .compat import quiet_library_noise
     from .rules import DeviceInfo, device_problems
 
+    quiet_library_noise(config.logging.log_level)
     spec = config.models[model_index]
     pt = config.post_training
     method = METHODS[pt.method]

@@ -47,7 +47,8 @@ def training_kwargs(config, run_dir: Path, has_eval: bool, use_cpu: bool) -> dic
         max_grad_norm=t.max_grad_norm,
         use_cpu=use_cpu,
         report_to=[b for b in lg.report_to if b != "tensorboard"] or "none",
-        log_level=lg.log_level,
+        # transformers' `info` dumps whole model configs: keep the libraries one step quieter
+        log_level={"debug": "info", "info": "warning"}.get(lg.log_level, lg.log_level),
         load_best_model_at_end=ft.load_best_model_at_end and has_eval,
         metric_for_best_model=_metric_name(ft.metric_for_best_model) if has_eval else None,
         greater_is_better=ft.greater_is_better if has_eval else None,
