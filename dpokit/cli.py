@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.learning_rate=1e-6 (repeatable)")
     train.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    ev = sub.add_parser("eval", help="before/after answers of a finished run (base vs trained adapter)")
+    ev.add_argument("--run", required=True, help="a run directory written by `dpokit train`")
+    ev.add_argument("--num-prompts", type=int, default=None, help="held-out prompts to answer")
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -48,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from .config import load_config, parse_override
     from .errors import ConfigError, Problem
+
+    if args.command == "eval":
+        from .evaluate import evaluate_run, print_report
+
+        print_report(evaluate_run(args.run, args.num_prompts, args.max_new_tokens))
+        return 0
 
     overrides = dict(parse_override(o) for o in args.overrides)
     config = load_config(args.config, overrides=overrides)

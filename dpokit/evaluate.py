@@ -1,0 +1,174 @@
+"""Before/after evaluation: greedy answers with the adapter off (base) and on (trained).
+
+For runs trained on the embedded task, the held-out prompts are judged (pass rates overall and
+per family, win/tie/loss). For any run, a set of questions outside the task checks for damage
+(answers the base got right must stay right; no empty or looping answers). Writes `eval.json`
+and a readable `samples.md` into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import DpokitError
+from .run import write_json, write_text
+
+
+def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, batch_size: int = 16,
+             progress: str | None = None) -> list[str]:
+    """Greedy completions for chat prompts (strings become one user message), batched with left padding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    has_template = tokenizer.chat_template is not None
+    texts = []
+    for p in prompts:
+        if has_template:
+            messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
+            texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        else:
+            texts.append(p if isinstance(p, str) else "\n".join(m["content"] for m in p))
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    model.eval()
+    try:
+        batches = range(0, len(texts), batch_size)
+        for start in tqdm(batches, desc=progress or "Generating", disable=progress is None, leave=False):
+            chunk = texts[start:start + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not has_template)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            outputs += [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new]
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def compare(base: list[bool], trained: list[bool]) -> dict[str, int]:
+    """Win/tie/loss counts of trained vs base, prompt by prompt."""
+    wins = sum(t and not b for b, t in zip(base, trained))
+    losses = sum(b and not t for b, t in zip(base, trained))
+    return {"wins": wins, "ties": len(base) - wins - losses, "losses": losses}
+
+
+def outside_task_check(base_answers: list[str], trained_answers: list[str], prompts) -> dict[str, Any]:
+    """Damage outside the trained task: right answers lost, empty or repetitive answers."""
+    from .judge import degeneration_flags
+
+    rows, kept, lost = [], 0, 0
+    for (question, expected), b, t in zip(prompts, base_answers, trained_answers):
+        b_ok, t_ok = expected.lower() in b.lower(), expected.lower() in t.lower()
+        kept += b_ok and t_ok
+        lost += b_ok and not t_ok
+        rows.append({"prompt": question, "expected": expected, "base": b, "trained": t, "base_ok": b_ok,
+                     "trained_ok": t_ok, "flags": degeneration_flags(t)})
+    base_right = sum(r["base_ok"] for r in rows)
+    return {"prompts": len(rows), "base_correct": base_right, "trained_correct": sum(r["trained_ok"] for r in rows),
+            "lost": lost, "kept": kept, "degenerate": sum(bool(r["flags"]) for r in rows), "rows": rows}
+
+
+def evaluate_run(run_dir: str | Path, num_prompts: int | None = None, max_new_tokens: int | None = None) -> dict:
+    """Evaluate a finished run (base vs trained adapter); writes eval.json and samples.md."""
+    from peft import PeftModel
+
+    from .config import load_config
+    from .judge import judge_many
+    from .models import load_model, load_tokenizer
+    from .tasks import OUTSIDE_TASK_PROMPTS
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise DpokitError(f"--run: {run_dir} has no trained adapter (adapter/adapter_config.json); "
+                          "point it at a completed run directory")
+    config = load_config(run_dir / "resolved_config.yaml")
+    n = num_prompts or config.evaluation.num_prompts
+    max_new = max_new_tokens or config.evaluation.max_new_tokens
+    summary = json.loads((run_dir / "summary.json").read_text())
+    spec = next(m for m in config.models if m.name == summary["model"])
+    start = time.perf_counter()
+
+    tokenizer = load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
+    model = PeftModel.from_pretrained(load_model(spec.huggingface_id, spec.trust_remote_code), str(adapter))
+    prompts, specs = heldout_prompts(config, n)
+    outside = list(OUTSIDE_TASK_PROMPTS)
+    questions = prompts + [q for q, _ in outside]
+    with model.disable_adapter():
+        base_all = generate(model, tokenizer, questions, max_new, progress="Base model answers")
+    trained_all = generate(model, tokenizer, questions, max_new, progress="Trained model answers")
+    base, trained = base_all[:len(prompts)], trained_all[:len(prompts)]
+    result: dict[str, Any] = {"run_dir": str(run_dir), "num_prompts": len(prompts), "max_new_tokens": max_new}
+    if specs is not None:
+        b, t = judge_many(specs, base), judge_many(specs, trained)
+        result.update(task="embedded:instruct-tasks", base_score=b["pass_rate"], trained_score=t["pass_rate"],
+                      improvement=round(t["pass_rate"] - b["pass_rate"], 2),
+                      per_family={f: {"base": b["per_family"][f], "trained": t["per_family"][f]}
+                                  for f in b["per_family"]},
+                      **compare(b["passed"], t["passed"]))
+    result["outside_task"] = outside_task_check(base_all[len(prompts):], trained_all[len(prompts):], outside)
+    result["eval_runtime_s"] = round(time.perf_counter() - start, 1)
+    samples = [{"prompt": _text(p), "base": b, "trained": t} for p, b, t in zip(prompts, base, trained)]
+    write_json(run_dir / "eval.json", {**result, "samples": samples})
+    write_text(run_dir / "samples.md", samples_markdown(result, samples))
+    return result
+
+
+def heldout_prompts(config, n: int):
+    """(prompts, judge specs or None): the embedded task's held-out prompts, else unseen data prompts."""
+    from .data import load_preference_data
+
+    if config.dataset.name.startswith("embedded:"):
+        from .tasks import build_task_dataset
+
+        held = build_task_dataset(seed=config.seed)["heldout"]
+        held = held.select(range(min(n, len(held))))
+        return list(held["prompt"]), list(held["spec"])
+    data = load_preference_data(config)
+    source = data.eval if data.eval is not None else data.train
+    source = source.select(range(min(n, len(source))))
+    return list(source["prompt"]), None
+
+
+def _text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return " / ".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def samples_markdown(result: dict, samples: list[dict], limit: int = 30) -> str:
+    lines = [f"# Before / after — {result['run_dir']}", ""]
+    if "base_score" in result:
+        lines += [f"Held-out pass rate: base **{result['base_score']:.1f}%** → trained **{result['trained_score']:.1f}%** "
+                  f"({result['wins']} wins, {result['ties']} ties, {result['losses']} losses)", ""]
+    o = result["outside_task"]
+    lines += [f"Outside the task: base right on {o['base_correct']}/{o['prompts']}, trained on "
+              f"{o['trained_correct']}/{o['prompts']}; {o['lost']} lost, {o['degenerate']} degenerate answers.", ""]
+    for s in samples[:limit]:
+        lines += [f"**Prompt:** {s['prompt']}", "", f"- base: `{s['base']}`", f"- trained: `{s['trained']}`", ""]
+    return "\n".join(lines)
+
+
+def print_report(result: dict, samples: int = 6) -> None:
+    """The before/after table a learner reads at the end of the quickstart."""
+    print("\n== before / after (greedy answers on held-out prompts)")
+    if "base_score" in result:
+        print(f"   pass rate: base {result['base_score']:.1f}%  ->  trained {result['trained_score']:.1f}%   "
+              f"({result['wins']} wins / {result['ties']} ties / {result['losses']} losses)")
+        print("   per family:            base   trained")
+        for fam, s in result["per_family"].items():
+            print(f"     {fam:<20} {s['base']:5.1f}%  {s['trained']:6.1f}%")
+    o = result["outside_task"]
+    print(f"   outside the task: {o['trained_correct']}/{o['prompts']} right after training "
+          f"(base {o['base_correct']}), {o['lost']} lost, {o['degenerate']} degenerate")
+    path = Path(result["run_dir"])
+    shown = json.loads((path / "eval.json").read_text())["samples"][:samples]
+    for s in shown:
+        print(f"   · {s['prompt'][:70]}\n       base:    {s['base'][:70]!r}\n       trained: {s['trained'][:70]!r}")
+    print(f"   all answers: {path / 'samples.md'}")
