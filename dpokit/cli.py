@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train the config's models (or explain them with --dry-run)")
-    train.add_argument("--config", required=True, help="YAML config (see configs/)")
+    train.add_argument("--config", help="YAML config (see configs/)")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue an interrupted run from its latest checkpoint (uses its resolved_config.yaml)")
     train.add_argument("--model-index", type=int, default=None, help="train only models[N] (0-based)")
     train.add_argument("--dry-run", action="store_true", help="validate and explain; load no weights, train nothing")
     train.add_argument("--output-dir", default=None, help="override training.output_dir")
@@ -35,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     debug = args.debug or os.environ.get("DPOKIT_DEBUG") == "1"
     from .errors import DpokitError
 
@@ -62,6 +66,11 @@ def _dispatch(args) -> int:
         return 0
 
     overrides = dict(parse_override(o) for o in args.overrides)
+    if args.command == "train" and args.resume:
+        args.config, args.model_index, overrides = _resume_target(args.resume, overrides)
+    elif args.command == "train" and not args.config:
+        raise ConfigError([Problem("--config", "is required", "dpokit train --config configs/quickstart.yaml "
+                                   "(or --resume RUN_DIR to continue a run)")], "command line")
     config = load_config(args.config, overrides=overrides)
     if args.model_index is not None and not 0 <= args.model_index < len(config.models):
         names = ", ".join(f"{i}: {m.name}" for i, m in enumerate(config.models))
@@ -74,21 +83,53 @@ def _dispatch(args) -> int:
 
             return explain(config, model_index=args.model_index, output_dir=args.output_dir)
         from .compat import check_versions
+        from .distributed import in_launched_process, launch
+        from .rules import DeviceInfo
         from .run import train
 
         check_versions()
+        if config.gpu.use_ddp and not in_launched_process():
+            return launch(config, args.argv, DeviceInfo.detect().cuda_devices)
         results = train(config, model_index=args.model_index, output_dir=args.output_dir)
         return report_results(results)
     return 2
 
 
+def _resume_target(run_dir: str, overrides: dict):
+    """(config path, model index, overrides) that continue `run_dir` from its latest checkpoint."""
+    import json
+    from pathlib import Path
+
+    from .config import load_config
+    from .errors import ConfigError, Problem
+    from .run import latest_checkpoint
+
+    run = Path(run_dir)
+    resolved = run / "resolved_config.yaml"
+    ckpt = latest_checkpoint(run) if run.is_dir() else None
+    if not resolved.exists() or ckpt is None:
+        raise ConfigError([Problem("--resume", f"{run} is not a run directory with a checkpoint "
+                                   "(resolved_config.yaml and checkpoint-N/)",
+                                   "point it at outputs/<model>-<method>-<time>/ of a run that saved a checkpoint")],
+                          "command line")
+    model = json.loads((run / "summary.json").read_text()).get("model") if (run / "summary.json").exists() else None
+    names = [m.name for m in load_config(resolved).models]
+    index = names.index(model) if model in names else 0
+    return str(resolved), index, {**overrides, "finetuning.resume_from_checkpoint": str(ckpt)}
+
+
 def report_results(results) -> int:
+    from .run import is_rank_zero
+
+    ok = 0 if all(r.status == "completed" for r in results) else 1
+    if not is_rank_zero():
+        return ok
     print("\n== results")
     width = max(len(r.model) for r in results)
     for r in results:
         detail = r.run_dir if r.status == "completed" else (r.error or "")
         print(f"  {r.model:<{width}}  {r.status:<9}  {detail}")
-    return 0 if all(r.status == "completed" for r in results) else 1
+    return ok
 
 
 if __name__ == "__main__":

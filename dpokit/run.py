@@ -20,12 +20,20 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .distributed import shared_value
 from .errors import ConfigError, DpokitError
+from .health import HealthWatch, health_alarms
 from .methods import METHODS
 
 
+def is_rank_zero() -> bool:
+    """True in a single process and in the main process of a multi-process (DDP) launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def say(msg: str = "") -> None:
-    print(msg, flush=True)
+    if is_rank_zero():
+        print(msg, flush=True)
 
 
 @dataclass
@@ -42,10 +50,14 @@ class RunResult:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    if not is_rank_zero():
+        return
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
+    if not is_rank_zero():
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -134,6 +146,14 @@ def environment_record(config, data, device: str) -> dict:
     }
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All records of metrics.jsonl (across resumes), in order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def final_metrics(history: list[dict]) -> dict:
     """Last value of each metric logged during training, plus the last evaluation."""
     out: dict[str, float] = {}
@@ -164,7 +184,8 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
     device = "cpu" if use_cpu else "cuda"
 
     resume_dir, ckpt = find_resume_point(output_root, spec.name, pt.method, config.finetuning.resume_from_checkpoint)
-    run_dir = resume_dir or new_run_dir(output_root, spec.name, pt.method)
+    run_dir = resume_dir or (new_run_dir(output_root, spec.name, pt.method) if is_rank_zero() else None)
+    run_dir = shared_value(run_dir)  # one directory for all processes of a DDP run
     say(f"\n== {spec.name} ({spec.huggingface_id}) · {pt.method} {pt.loss_types or ''} -> {run_dir}")
     if spec.trust_remote_code:
         say("   trust_remote_code: true — this model's own Python code will run")
@@ -177,8 +198,9 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
     except BaseException as e:
         detail = str(e) if isinstance(e, DpokitError) else f"{type(e).__name__}: {e}"
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        write_json(run_dir / "summary.json", {"status": status, "model": spec.name, "run_dir": str(run_dir),
-                                              "error": detail})
+        record = json.loads((run_dir / "summary.json").read_text())
+        record.update(status=status, error=detail or record.get("stopped_reason"))
+        write_json(run_dir / "summary.json", record)
         e.dpokit_run_dir = str(run_dir)
         raise
 
@@ -210,33 +232,53 @@ def _execute(config, spec, method, run_dir: Path, ckpt, use_cpu: bool, device: s
         say("   reference: the base model with the LoRA adapter switched off (no second copy)")
 
     metrics = MetricsLogger(run_dir / "metrics.jsonl")
+    watch = HealthWatch()
     trainer = build_trainer(config, spec, model=model, tokenizer=tokenizer, data=data, run_dir=run_dir,
-                            ref_model=ref_model, callbacks=[metrics], use_cpu=use_cpu)
+                            ref_model=ref_model, callbacks=[metrics, watch], use_cpu=use_cpu)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     runtime = time.perf_counter() - start
+    history = read_metrics(run_dir)
+    status = "completed" if watch.stopped_reason is None else (
+        "interrupted" if watch.stopped_reason == "interrupted" else "stopped")
     adapter_dir = run_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    if status != "stopped":  # never save weights that produced a NaN loss
+        trainer.save_model(str(adapter_dir))
+        if is_rank_zero():
+            tokenizer.save_pretrained(str(adapter_dir))
+    alarms = health_alarms(history, trainer.state.max_steps)
+    for alarm in alarms:
+        say(f"   ! health: {alarm}")
+    if status == "stopped":
+        last = latest_checkpoint(run_dir)
+        say(f"   stopped: {watch.stopped_reason}; last good checkpoint: {last or 'none saved yet'}")
 
     summary = {
-        "status": "completed",
+        "status": status,
         "model": spec.name,
         "huggingface_id": spec.huggingface_id,
         "method": pt.method,
         "loss_type": pt.loss_types,
         "steps": trainer.state.global_step,
         "train_runtime_s": round(runtime, 2),
-        "final_metrics": final_metrics(metrics.history),
+        "final_metrics": final_metrics(history),
         "train_loss": output.training_loss,
-        "adapter_dir": str(adapter_dir),
+        "adapter_dir": str(adapter_dir) if status != "stopped" else None,
         "run_dir": str(run_dir),
         "resumed_from": str(ckpt) if ckpt else None,
+        "stopped_reason": watch.stopped_reason,
+        "health": alarms,
         "trl_settings": resolved_trainer_settings(trainer),
         "device": device,
     }
+    if status != "completed":
+        write_json(run_dir / "summary.json", summary)
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        return RunResult(model=spec.name, status="failed", run_dir=str(run_dir), error=watch.stopped_reason,
+                         summary=summary)
     del trainer, model, ref_model
-    if wants_evaluation(config):
+    if wants_evaluation(config) and is_rank_zero():
         from .evaluate import evaluate_run, print_report
 
         result = evaluate_run(run_dir)
