@@ -154,6 +154,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop records logged after `step` (work lost when a run died after its last checkpoint)."""
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in kept))
+
+
 def final_metrics(history: list[dict]) -> dict:
     """Last value of each metric logged during training, plus the last evaluation."""
     out: dict[str, float] = {}
@@ -191,7 +197,9 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
         say("   trust_remote_code: true — this model's own Python code will run")
     if resume_dir:
         say(f"   resuming from {ckpt}")
-    write_text(run_dir / "resolved_config.yaml", config.to_yaml())
+        trim_metrics(run_dir, int(ckpt.name.split("-")[-1]))
+    else:
+        write_text(run_dir / "resolved_config.yaml", config.to_yaml())
     write_json(run_dir / "summary.json", {"status": "running", "model": spec.name, "run_dir": str(run_dir)})
     try:
         return _execute(config, spec, method, run_dir, ckpt, use_cpu, device)
@@ -271,6 +279,10 @@ def _execute(config, spec, method, run_dir: Path, ckpt, use_cpu: bool, device: s
         "trl_settings": resolved_trainer_settings(trainer),
         "device": device,
     }
+    if is_rank_zero():  # PNG curves of the logged metrics in run_dir/plots/ (dpokit/report.py)
+        from .report import plot_run
+
+        summary["plots"] = [str(p) for p in plot_run(run_dir)]
     if status != "completed":
         write_json(run_dir / "summary.json", summary)
         if status == "interrupted":
@@ -318,5 +330,9 @@ def train(config, model_index: int | None = None, output_dir: str | None = None)
             "finished": datetime.now().isoformat(timespec="seconds"),
             "models": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in results],
         })
+        if is_rank_zero() and any(r.run_dir for r in results):  # one comparison page (dpokit/report.py)
+            from .report import write_report
+
+            say(f"\n== report: {write_report([r.run_dir for r in results if r.run_dir], output_root / 'report.md')}")
     return results
 
