@@ -99,14 +99,22 @@ def _load_local(path: Path, ds_cfg):
 
 
 def _load_files(builder: str, files: list[str]):
+    import logging
+
     import datasets
 
+    # datasets logs its own traceback for unreadable files; ours is the message the user needs
+    ds_logger = logging.getLogger("datasets")
+    level = ds_logger.level
+    ds_logger.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(builder, data_files=files, split="train")
     except Exception as e:
         kind = "JSON lines (one JSON object per line)" if builder == "json" else builder
         raise DataError(f"dataset.name: could not read {files[0]} as {kind}: {_first_line(e)}. "
                         "Check the file format (a .jsonl file needs one object per line).") from None
+    finally:
+        ds_logger.setLevel(level)
 
 
 def _builder_for(path: Path) -> str | None:

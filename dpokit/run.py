@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .distributed import shared_value
-from .errors import ConfigError, DpokitError
+from .errors import ConfigError, DataError, DpokitError
 from .health import HealthWatch, health_alarms
 from .methods import METHODS
 
@@ -226,6 +226,8 @@ def _execute(config, spec, method, run_dir: Path, ckpt, use_cpu: bool, device: s
     data = load_preference_data(config, tokenizer.chat_template is not None)
     for note in data.notes:
         say(f"   data {note}")
+    for note in check_lengths(config, tokenizer, data):
+        say(f"   ! {note}")
     write_json(run_dir / "environment.json", environment_record(config, data, device))
 
     set_seed(config.seed)  # before the LoRA adapter is initialised: same seed -> same adapter
@@ -303,6 +305,30 @@ def _execute(config, spec, method, run_dir: Path, ckpt, use_cpu: bool, device: s
     return RunResult(model=spec.name, status="completed", run_dir=str(run_dir), summary=summary)
 
 
+def check_lengths(config, tokenizer, data, sample: int = 200) -> list[str]:
+    """Refuse limits that cut every prompt; warn when most completions are cut (before weights load)."""
+    from .data import length_report
+
+    t = config.training
+    stats = length_report(tokenizer, data.train, t.max_prompt_length, t.max_completion_length, t.max_seq_length,
+                          limit=sample)
+    n = stats["rows"]
+    if n and t.max_prompt_length and stats["prompt_truncated"] == n:
+        raise DataError(f"training.max_prompt_length: every prompt of the first {n} rows is longer than "
+                        f"{t.max_prompt_length} tokens (shortest {min(stats['prompt_len'])}); all would lose their "
+                        f"start. Raise max_prompt_length to at least {min(stats['prompt_len'])} (and max_seq_length "
+                        "with it), or shorten the prompts.")
+    notes = []
+    if n and stats["completion_truncated"] > n / 2:
+        notes.append(f"{stats['completion_truncated']} of {n} sampled pairs have a completion longer than "
+                     f"max_completion_length={t.max_completion_length}: they are cut, and the model learns from "
+                     "fragments; consider raising it")
+    if n and stats["total_truncated"]:
+        notes.append(f"{stats['total_truncated']} of {n} sampled pairs exceed max_seq_length={t.max_seq_length} "
+                     "after the prompt/completion limits and lose their end")
+    return notes
+
+
 def wants_evaluation(config) -> bool:
     enabled = config.evaluation.enabled
     return enabled is True or (enabled == "auto" and config.dataset.name.startswith("embedded:"))
@@ -310,14 +336,17 @@ def wants_evaluation(config) -> bool:
 
 def train(config, model_index: int | None = None, output_dir: str | None = None) -> list[RunResult]:
     """Train the config's models one after another (or only `model_index`)."""
+    from .data import load_preference_data
+
     output_root = Path(output_dir or config.training.output_dir).expanduser()
     indices = [model_index] if model_index is not None else list(range(len(config.models)))
     results: list[RunResult] = []
+    load_preference_data(config, True)  # bad data stops here, before any model is loaded (exit 2)
     for i in indices:
         spec = config.models[i]
         try:
             results.append(run_one(config, i, output_root))
-        except (KeyboardInterrupt, ConfigError):
+        except (KeyboardInterrupt, ConfigError, DataError):  # bad input stops the batch (exit 2)
             raise
         except Exception as e:  # one model's failure must not stop the batch
             detail = str(e) if isinstance(e, DpokitError) else f"{type(e).__name__}: {e}"
