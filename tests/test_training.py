@@ -154,3 +154,26 @@ def test_implicit_prompt_hh_rlhf_rows_train(tiny_llama_dir, tmp_path):
     assert result.status == "completed", result.error
     env = json.loads((Path(result.run_dir) / "environment.json").read_text())
     assert env["dataset"]["format"] == "implicit"
+
+
+def test_tokens_from_the_environment_never_reach_run_records(tiny_llama_dir, pairs_file, tmp_path, monkeypatch):
+    secret = "hf_SECRETtoken0123456789"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(var, secret)
+    config = tiny_config(tiny_llama_dir, pairs_file, tmp_path, training={"max_steps": 1})
+    [result] = train(config)
+    assert result.status == "completed"
+    for path in Path(result.run_dir).rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".md", ".txt", ""):
+            assert secret not in path.read_text(errors="ignore"), path
+
+
+def test_trust_remote_code_is_off_unless_the_yaml_says_so(tiny_llama_dir, pairs_file, tmp_path, capsys):
+    config = tiny_config(tiny_llama_dir, pairs_file, tmp_path, training={"max_steps": 1})
+    assert config.models[0].trust_remote_code is False
+    train(config)
+    assert "trust_remote_code: true" not in capsys.readouterr().out
+    config = tiny_config(tiny_llama_dir, pairs_file, tmp_path, training={"max_steps": 1},
+                         models=[{"name": "tiny", "huggingface_id": str(tiny_llama_dir), "trust_remote_code": True}])
+    train(config)
+    assert "trust_remote_code: true" in capsys.readouterr().out
