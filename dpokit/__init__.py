@@ -8,25 +8,28 @@ from .errors import ConfigError, DataError, DpokitError, ModelError
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "DataError", "DpokitError", "ModelError", "load_config",
-           "load_preference_data", "build_trainer", "train", "explain", "__version__"]
+_LAZY = {  # heavy imports (torch, TRL) only when used
+    "train": "run",
+    "build_trainer": "trainers",
+    "load_preference_data": "data",
+    "explain": "explain",
+    "evaluate_run": "evaluate",
+    "plot_run": "report",
+    "write_report": "report",
+    "export_run": "export",
+    "ChatModel": "export",
+    "chat": "export",
+    "build_task_dataset": "tasks",
+    "judge": "judge",
+}
+
+__all__ = ["Config", "ConfigError", "DataError", "DpokitError", "ModelError", "load_config", "__version__",
+           *_LAZY]
 
 
-def __getattr__(name):  # heavy imports (torch, TRL) only when used
-    if name == "train":
-        from .run import train
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-        return train
-    if name == "build_trainer":
-        from .trainers import build_trainer
-
-        return build_trainer
-    if name == "load_preference_data":
-        from .data import load_preference_data
-
-        return load_preference_data
-    if name == "explain":
-        from .explain import explain
-
-        return explain
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-prompts", type=int, default=None, help="held-out prompts to answer")
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    rep = sub.add_parser("report", help="one comparison page (Markdown + PNG plots) of one or more runs")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                     help="run directories; a folder holding runs (e.g. outputs/) stands for all of them")
+    rep.add_argument("--out", default=None, help="report file (default: RUN_DIR/report.md for one run, "
+                     "report.md in the runs' common folder for several)")
+    rep.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    exp = sub.add_parser("export", help="write a run's adapter + tokenizer, or a merged full model")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="a completed run directory")
+    exp.add_argument("--out", required=True, help="new (or empty) directory to write")
+    exp.add_argument("--merge", action="store_true", help="fold the adapter into the base weights: a plain "
+                     "transformers model, loadable without PEFT")
+    exp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    ch = sub.add_parser("chat", help="type prompts, read the trained model's answers (greedy)")
+    ch.add_argument("run_dir", metavar="RUN_DIR", help="a completed run directory")
+    ch.add_argument("--compare", action="store_true", help="show the base model's answer next to the trained one")
+    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -63,6 +84,24 @@ def _dispatch(args) -> int:
         from .evaluate import evaluate_run, print_report
 
         print_report(evaluate_run(args.run, args.num_prompts, args.max_new_tokens))
+        return 0
+    if args.command == "report":
+        from .report import expand_run_dirs, write_report
+
+        runs = expand_run_dirs(args.run_dirs)
+        out = args.out or (runs[0] / "report.md" if len(runs) == 1
+                           else Path(os.path.commonpath([str(r) for r in runs])) / "report.md")
+        print(f"report: {write_report(runs, out)}")
+        return 0
+    if args.command == "export":
+        from .export import export_run
+
+        print(f"exported: {export_run(args.run_dir, args.out, merge=args.merge)}")
+        return 0
+    if args.command == "chat":
+        from .export import chat
+
+        chat(args.run_dir, compare=args.compare, max_new_tokens=args.max_new_tokens)
         return 0
 
     overrides = dict(parse_override(o) for o in args.overrides)

@@ -61,10 +61,11 @@ def compare(base: list[bool], trained: list[bool]) -> dict[str, int]:
 def outside_task_check(base_answers: list[str], trained_answers: list[str], prompts) -> dict[str, Any]:
     """Damage outside the trained task: right answers lost, empty or repetitive answers."""
     from .judge import degeneration_flags
+    from .tasks import outside_answer_ok
 
     rows, kept, lost = [], 0, 0
     for (question, expected), b, t in zip(prompts, base_answers, trained_answers):
-        b_ok, t_ok = expected.lower() in b.lower(), expected.lower() in t.lower()
+        b_ok, t_ok = outside_answer_ok(expected, b), outside_answer_ok(expected, t)
         kept += b_ok and t_ok
         lost += b_ok and not t_ok
         rows.append({"prompt": question, "expected": expected, "base": b, "trained": t, "base_ok": b_ok,
@@ -112,9 +113,13 @@ def evaluate_run(run_dir: str | Path, num_prompts: int | None = None, max_new_to
                       per_family={f: {"base": b["per_family"][f], "trained": t["per_family"][f]}
                                   for f in b["per_family"]},
                       **compare(b["passed"], t["passed"]))
+        result_passes = {"base": b["passed"], "trained": t["passed"]}
     result["outside_task"] = outside_task_check(base_all[len(prompts):], trained_all[len(prompts):], outside)
     result["eval_runtime_s"] = round(time.perf_counter() - start, 1)
     samples = [{"prompt": _text(p), "base": b, "trained": t} for p, b, t in zip(prompts, base, trained)]
+    if specs is not None:
+        for s, b_ok, t_ok in zip(samples, result_passes["base"], result_passes["trained"]):
+            s.update(base_pass=b_ok, trained_pass=t_ok)
     write_json(run_dir / "eval.json", {**result, "samples": samples})
     write_text(run_dir / "samples.md", samples_markdown(result, samples))
     return result

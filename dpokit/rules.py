@@ -163,10 +163,21 @@ def _tracking_rules(config) -> list[Problem]:
                                f"pip install {pip_name}  (or: pip install 'dpokit[tracking]'), or remove it"))
         if backend == "wandb":
             mode = os.environ.get("WANDB_MODE", "").lower()
-            if not os.environ.get("WANDB_API_KEY") and mode not in ("offline", "disabled", "dryrun"):
+            if not os.environ.get("WANDB_API_KEY") and mode not in ("offline", "disabled", "dryrun") \
+                    and not _wandb_logged_in():
                 out.append(Problem("logging.report_to", "wandb needs WANDB_API_KEY, or offline mode",
                                    "export WANDB_MODE=offline (sync later with `wandb sync`), or set WANDB_API_KEY"))
     return out
+
+
+def _wandb_logged_in() -> bool:
+    """`wandb login` stores the key in ~/.netrc rather than the environment."""
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
 
 
 def _length_rules(config) -> list[Problem]:

@@ -87,3 +87,44 @@ def build_tiny_model(
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def write_arithmetic_pairs(path: str | os.PathLike, n_a: int = 6, n_b: int = 4) -> Path:
+    """A small explicit-prompt JSONL file: short right answers vs verbose wrong ones."""
+    import json
+
+    rows = [{"prompt": f"What is {a} + {b}? Reply with just the number.", "chosen": str(a + b),
+             "rejected": f"Sure! {a} plus {b} equals {a + b + 1}, because addition combines the numbers."}
+            for a in range(n_a) for b in range(n_b)]
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def small_run_config(model_dir, data_path, out: str | os.PathLike, **sections):
+    """A validated config for a seconds-long run of a tiny model (tests, CI smoke runs).
+
+    Keyword arguments are sections whose keys update the defaults here (a non-dict replaces them).
+    """
+    from .config import load_config
+
+    out = Path(out)
+    data = {
+        "models": [{"name": "tiny", "huggingface_id": str(model_dir)}],
+        "dataset": {"name": str(data_path), "validation_split": 0.0, "max_samples": None},
+        "post_training": {"use_ref_model": False},
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"output_dir": str(out / "runs"), "max_steps": 2, "per_device_train_batch_size": 2,
+                     "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "warmup_steps": 0,
+                     "logging_steps": 1, "save_steps": 2, "gradient_checkpointing": False,
+                     "max_seq_length": 128, "max_prompt_length": 96, "max_completion_length": 32},
+        "logging": {"report_to": ["none"], "logging_dir": str(out / "logs")},
+        "evaluation": {"enabled": False},
+        "seed": 0,
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return load_config(data=data)

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from .compat import checkpointing_kwargs, supported_kwargs
 from .methods import METHODS
 
@@ -118,6 +120,13 @@ class _TruncationMixin:
         return dataset.map(cut, desc=f"Truncating {dataset_name} prompts/completions (max_prompt_length, "
                                      "max_completion_length)")
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's reference pass (precompute_ref_log_probs), through dpokit's on-disk cache (refcache.py)."""
+        from .refcache import precompute_with_cache
+
+        parent = super()._precompute_ref_logps
+        return precompute_with_cache(self, dataset, name, lambda: parent(dataset, name, batch_size))
+
 
 class _OrpoTruncation:
     """ORPO tokenizes row by row; cut the prompt (keep its end) and completions (keep their start)."""
@@ -187,18 +196,47 @@ def build_trainer(config, model_spec, *, model, tokenizer, data, run_dir: Path, 
 
 
 def tracking_callbacks(config, run_dir: Path) -> list:
-    """TensorBoard writes under logging.logging_dir/<run name> (transformers 5 dropped logging_dir)."""
+    """TensorBoard writes under logging.logging_dir/<run name> (transformers 5 dropped logging_dir);
+    MLflow and W&B default to stores under logging_dir unless the user's environment says otherwise."""
     out = []
+    logging_dir = Path(config.logging.logging_dir).expanduser().resolve()
     if "tensorboard" in config.logging.report_to:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        log_dir = Path(config.logging.logging_dir).expanduser() / run_dir.name
-        out.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir))))
-    if "mlflow" in config.logging.report_to and not os.environ.get("MLFLOW_TRACKING_URI"):
-        store = (Path(config.logging.logging_dir).expanduser() / "mlruns").resolve()
-        os.environ["MLFLOW_TRACKING_URI"] = store.as_uri()
+        out.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logging_dir / run_dir.name))))
+    if "mlflow" in config.logging.report_to:
+        uri = _default_env("MLFLOW_TRACKING_URI", (logging_dir / "mlruns").as_uri())
+        if uri.startswith("file:"):  # MLflow 3 refuses its local file store unless asked for explicitly
+            _default_env("MLFLOW_ALLOW_FILE_STORE", "true")
+    if "wandb" in config.logging.report_to:
+        logging_dir.mkdir(parents=True, exist_ok=True)
+        _default_env("WANDB_DIR", str(logging_dir))  # offline runs land in logging_dir/wandb/
+        _default_env("WANDB_PROJECT", "dpokit")
+        out.append(FinishWandbRun())
     return out
+
+
+class FinishWandbRun(TrainerCallback):
+    """Close the W&B run when training ends (transformers leaves it open), so each model of a batch
+    gets its own run instead of logging into the first one."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import wandb
+
+        if state.is_world_process_zero and wandb.run is not None:
+            wandb.finish()
+
+
+def _default_env(name: str, value: str) -> str:
+    """Set an environment variable a tracking library reads, unless the user set it; returns the value used.
+
+    A value dpokit set for an earlier run in the same process is replaced (a marker remembers it).
+    """
+    marker = f"DPOKIT_DEFAULT_{name}"
+    if os.environ.get(name) in (None, "", os.environ.get(marker)):
+        os.environ[name] = os.environ[marker] = value
+    return os.environ[name]
 
 
 def check_resolved(trainer, config) -> None:

@@ -52,3 +52,11 @@ def tiny_gpt2_dir(tiny_models_root, embedded_model_dir):
 def tiny_neox_dir(tiny_models_root, embedded_model_dir):
     """Tiny GPT-NeoX (LoRA target query_key_value) with the SmolLM2 tokenizer."""
     return _tiny(tiny_models_root, "gpt_neox", embedded_model_dir)
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    """24 explicit-prompt pairs: short arithmetic answers vs verbose wrong ones."""
+    from dpokit.testing import write_arithmetic_pairs
+
+    return write_arithmetic_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")

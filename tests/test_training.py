@@ -8,43 +8,14 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
-from dpokit.config import load_config
+from dpokit.testing import small_run_config
 from dpokit.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory) -> Path:
-    """24 explicit-prompt pairs: short arithmetic answers vs verbose wrong ones."""
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = [{"prompt": f"What is {a} + {b}? Reply with just the number.", "chosen": str(a + b),
-             "rejected": f"Sure! {a} plus {b} equals {a + b + 1}, because addition combines the numbers."}
-            for a in range(6) for b in range(4)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def tiny_config(model_dir, data_path, out: Path, **sections):
-    data = {
-        "models": [{"name": "tiny", "huggingface_id": str(model_dir)}],
-        "dataset": {"name": str(data_path), "validation_split": 0.0, "max_samples": None},
-        "post_training": {"use_ref_model": False},
-        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        "training": {"output_dir": str(out / "runs"), "max_steps": 2, "per_device_train_batch_size": 2,
-                     "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "warmup_steps": 0,
-                     "logging_steps": 1, "save_steps": 2, "gradient_checkpointing": False,
-                     "max_seq_length": 128, "max_prompt_length": 96, "max_completion_length": 32},
-        "logging": {"report_to": ["none"], "logging_dir": str(out / "logs")},
-        "evaluation": {"enabled": False},
-        "seed": 0,
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
-    return load_config(data=data)
+    return small_run_config(model_dir, data_path, out, **sections)
 
 
 @pytest.mark.parametrize("post_training", [

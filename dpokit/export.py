@@ -1,0 +1,133 @@
+"""Take a trained model away: export the adapter (PEFT) or a merged model, and chat with a run.
+
+`export_run(run_dir, out_dir)` writes the LoRA adapter with its tokenizer (load it with
+`PeftModel.from_pretrained(base, out_dir)`); with `merge=True` it writes a full model with the
+adapter folded into the weights, which plain `AutoModelForCausalLM.from_pretrained(out_dir)` and
+`transformers.pipeline("text-generation", model=out_dir)` load. `chat(run_dir)` answers prompts
+typed on stdin, optionally next to the base model's answers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from .errors import DpokitError
+
+
+def _finished_run(run_dir: str | Path) -> tuple[Path, dict]:
+    """(run dir, summary) of a completed run, or a DpokitError saying what is missing."""
+    run = Path(run_dir).expanduser().resolve()
+    adapter = run / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise DpokitError(f"RUN_DIR: {run} has no trained adapter (adapter/adapter_config.json); give the "
+                          "directory of a completed `dpokit train` run")
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    return run, summary
+
+
+def _base_model_id(run: Path, summary: dict) -> tuple[str, bool]:
+    """(huggingface_id, trust_remote_code) of the run's base model, from its resolved config."""
+    from .config import load_config
+
+    config = load_config(run / "resolved_config.yaml")
+    spec = next((m for m in config.models if m.name == summary.get("model")), config.models[0])
+    return spec.huggingface_id, spec.trust_remote_code
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False) -> Path:
+    """Write the run's adapter + tokenizer (or, with merge, a full merged model + tokenizer) to out_dir."""
+    run, summary = _finished_run(run_dir)
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise DpokitError(f"--out: {out} exists and is not empty; choose a new directory (nothing is overwritten)")
+    model_id, remote = _base_model_id(run, summary)
+    info = {"source_run": str(run), "base_model": model_id, "merged": merge, "method": summary.get("method"),
+            "loss_type": summary.get("loss_type"), "steps": summary.get("steps"),
+            "exported": datetime.now().isoformat(timespec="seconds")}
+    if not merge:
+        shutil.copytree(run / "adapter", out, dirs_exist_ok=True)
+        _write_info(out, info, "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), DIR)")
+        return out
+
+    from peft import PeftModel
+
+    from .compat import quiet_library_noise
+    from .models import load_model, load_tokenizer
+
+    quiet_library_noise()
+    print(f"   merging the adapter into {model_id} ...", flush=True)
+    tokenizer = load_tokenizer(model_id, remote)
+    model = PeftModel.from_pretrained(load_model(model_id, remote), str(run / "adapter"))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    _write_info(out, info, "AutoModelForCausalLM.from_pretrained(DIR) or pipeline('text-generation', model=DIR)")
+    return out
+
+
+def _write_info(out: Path, info: dict, how: str) -> None:
+    info["load_with"] = how
+    (out / "dpokit_export.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+class ChatModel:
+    """A finished run's model in memory: answers with the adapter on (trained) or off (base)."""
+
+    def __init__(self, run_dir: str | Path, max_new_tokens: int = 128):
+        from peft import PeftModel
+
+        from .compat import quiet_library_noise
+        from .models import load_model, load_tokenizer
+
+        quiet_library_noise()
+        run, summary = _finished_run(run_dir)
+        model_id, remote = _base_model_id(run, summary)
+        self.run_dir, self.max_new_tokens = run, max_new_tokens
+        self.tokenizer = load_tokenizer(model_id, remote)
+        self.model = PeftModel.from_pretrained(load_model(model_id, remote), str(run / "adapter"))
+
+    def answer(self, prompt: str, base: bool = False) -> str:
+        """Greedy answer to one user message (base=True: the adapter switched off)."""
+        from contextlib import nullcontext
+
+        from .evaluate import generate
+
+        with self.model.disable_adapter() if base else nullcontext():
+            return generate(self.model, self.tokenizer, [prompt], self.max_new_tokens)[0]
+
+    def compare(self, prompt: str) -> dict[str, str]:
+        """{'base': ..., 'trained': ...} answers to the same prompt."""
+        return {"base": self.answer(prompt, base=True), "trained": self.answer(prompt)}
+
+
+def chat(run_dir: str | Path, compare: bool = False, max_new_tokens: int = 128,
+         stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Answer each line read from stdin until 'exit' or end of input (Ctrl-D); returns prompts answered."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    session = ChatModel(run_dir, max_new_tokens)
+    interactive = stdin.isatty()
+    print(f"Chatting with {session.run_dir.name}" + (" (base model answers first)" if compare else "")
+          + ". One prompt per line; 'exit' or Ctrl-D ends.", file=stdout, flush=True)
+    answered = 0
+    while True:
+        if interactive:
+            print("you> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        prompt = line.strip()
+        if not line or prompt.lower() in ("exit", "quit"):
+            return answered
+        if not prompt:
+            continue
+        if not interactive:
+            print(f"you> {prompt}", file=stdout)
+        if compare:
+            print(f"base>    {session.answer(prompt, base=True)}", file=stdout)
+            print(f"trained> {session.answer(prompt)}", file=stdout, flush=True)
+        else:
+            print(f"model> {session.answer(prompt)}", file=stdout, flush=True)
+        answered += 1
