@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from dpokit.testing import small_run_config, write_arithmetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,29 +22,15 @@ def final_loss(run: Path) -> tuple[int, float]:
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Add {a} and {b}.", "chosen": str(a + b),
-                                        "rejected": f"Adding gives {a * b + 1}."}) + "\n"
-                            for a in range(8) for b in range(4)))
-    config = {
-        "models": [{"name": "tiny", "huggingface_id": str(tiny_llama_dir)}],
-        "dataset": {"name": str(data), "validation_split": 0.0, "max_samples": None},
-        "post_training": {"use_ref_model": False},
-        "lora": {"r": 4, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "training": {"max_steps": 10, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
-                     "learning_rate": 5e-3, "warmup_steps": 0, "logging_steps": 1, "save_steps": 3,
-                     "save_total_limit": None, "gradient_checkpointing": False},
-        "logging": {"report_to": ["none"]},
-        "evaluation": {"enabled": False},
-        "seed": 0,
-    }
+    data = write_arithmetic_pairs(tmp_path / "pairs.jsonl", n_a=8, n_b=4)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     paths = {}
     for name in ("straight", "killed"):
-        c = json.loads(json.dumps(config))
-        c["training"]["output_dir"] = str(tmp_path / name)
+        config = small_run_config(tiny_llama_dir, data, tmp_path / name, lora={"lora_dropout": 0.0},
+                                  training={"max_steps": 10, "learning_rate": 5e-3, "save_steps": 3,
+                                            "save_total_limit": None})
         paths[name] = tmp_path / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(c))
+        paths[name].write_text(config.to_yaml())
 
     cmd = [sys.executable, "-m", "dpokit", "train", "--config"]
     subprocess.run(cmd + [str(paths["straight"])], env=env, check=True, capture_output=True, timeout=600)
@@ -52,11 +38,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     proc = subprocess.Popen(cmd + [str(paths["killed"])], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "killed").glob("*/checkpoint-6/trainer_state.json")):
+    while time.time() < deadline and not list((tmp_path / "killed" / "runs").glob("*/checkpoint-6/trainer_state.json")):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    [run] = list((tmp_path / "killed").iterdir())
+    [run] = list((tmp_path / "killed" / "runs").iterdir())
     assert not (run / "adapter").exists(), "the run finished before it could be killed"
 
     resumed = subprocess.run([sys.executable, "-m", "dpokit", "train", "--resume", str(run)], env=env,
@@ -64,7 +50,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"].endswith("checkpoint-6")
-    [straight] = list((tmp_path / "straight").iterdir())
+    [straight] = list((tmp_path / "straight" / "runs").iterdir())
     step_a, loss_a = final_loss(straight)
     step_b, loss_b = final_loss(run)
     assert step_a == step_b == 10
