@@ -32,12 +32,15 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest tests -q -m "not slow"
 
-# Real runs of every notebook with larger parameters, executed copies in out/notebooks.
+# Real runs of every notebook with larger parameters (notebooks/params/<name>.yaml), executed
+# copies in out/notebooks. Add papermill options with NB_ARGS, e.g. NB_ARGS='-p figures_dir docs/figures'.
 NB_OUT ?= out/notebooks
+NB_ARGS ?=
 notebooks: setup
 	mkdir -p $(NB_OUT)
 	for nb in notebooks/*.ipynb; do \
-	  $(BIN)/papermill "$$nb" "$(NB_OUT)/$$(basename $$nb)" -k python3 -f notebooks/params/real.yaml || exit 1; \
+	  name=$$(basename $$nb .ipynb); \
+	  $(BIN)/papermill "$$nb" "$(NB_OUT)/$$name.ipynb" -k python3 -f "notebooks/params/$$name.yaml" $(NB_ARGS) || exit 1; \
 	done
 
 lab: setup
