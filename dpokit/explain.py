@@ -97,6 +97,7 @@ def _explain_reference(config, spec) -> None:
 def _explain_weights(config, spec):
     from peft import get_peft_model
 
+    from .memory import estimate_memory, format_estimate
     from .models import check_target_modules, count_parameters, load_model_config, load_tokenizer, lora_config, meta_model
 
     model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
@@ -107,6 +108,10 @@ def _explain_weights(config, spec):
     _, trainable = count_parameters(peft_model)
     print(f"   model: {model_config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={config.lora.r} on "
           f"{config.lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
+    index = next(i for i, m in enumerate(config.models) if m is spec)
+    for line in format_estimate(estimate_memory(config, index, model_config=model_config,
+                                                meta_model=meta_model(model_config))):
+        print(f"   {line}")
     return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
 
 
