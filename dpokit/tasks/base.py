@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -41,7 +42,7 @@ class Row:
 
 
 @dataclass
-class Family:
+class Family(ABC):
     """Base class of a task family; subclasses fill in the class attributes and three methods."""
 
     name: ClassVar[str] = ""
@@ -56,8 +57,9 @@ class Family:
             self._items = self.make_items()
         return self._items
 
-    def make_items(self) -> list[dict[str, Any]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def make_items(self) -> list[dict[str, Any]]:
+        """The family's items (operands, words, countries ...), before prompts are rendered."""
 
     def render(self, item: dict[str, Any], variant: int, rng: random.Random) -> Row:
         kind = pick(rng, self.rejected_kinds)
@@ -71,13 +73,14 @@ class Family:
         """The item as this variant sees it (e.g. operands swapped); by default the item itself."""
         return item
 
+    @abstractmethod
     def prompt_and_answer(self, item: dict[str, Any], variant: int,
-                          rng: random.Random) -> tuple[str, str, dict[str, Any]]:  # pragma: no cover
-        raise NotImplementedError
+                          rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+        """(prompt, chosen answer, judge spec) for one item and prompt variant."""
 
-    def rejected(self, item: dict[str, Any], kind: str, chosen: str,
-                 rng: random.Random) -> str:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def rejected(self, item: dict[str, Any], kind: str, chosen: str, rng: random.Random) -> str:
+        """A realistic failing answer of the given kind (verbose, wrong, wrong_verbose ...)."""
 
 
 def pick(rng: random.Random, weights: dict[str, float]) -> str:
