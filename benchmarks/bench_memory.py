@@ -14,6 +14,7 @@ children fix it (MALLOC_MMAP_THRESHOLD_=131072): the peak is then what the proce
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,7 @@ def run(parallel: int = 2) -> dict:
                      "baseline_mb": round(m["baseline_bytes"] / 2**20), "step_shape": m.get("shape")})
         say(f"   {name:<26} estimate {rows[-1]['estimate_mb']:>5} MB, measured {rows[-1]['measured_mb']:>5} MB "
             f"({100 * error:.1f}%)")
+    shutil.rmtree(work, ignore_errors=True)
     return {"memory_estimate_error": round(worst, 3), "memory_configs": rows,
             "memory_setup": {"model": "SmolLM2-135M-Instruct (embedded)", "steps": 2, "allocator": MALLOC_ENV,
                              "measured": "peak RSS (VmHWM) minus RSS after imports"}}

@@ -15,6 +15,7 @@ steps of each are left out.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Turnstile, median, merge_results, preference_rows, say, write_rows  # noqa: E402
 
-WARMUP, STEPS, BATCH = 2, 10, 2
+WARMUP, STEPS, BATCH = 2, 8, 2
 
 
 def conversational(rows: list[dict]) -> list[dict]:
@@ -100,6 +101,7 @@ def run(steps: int = STEPS, warmup: int = WARMUP) -> dict:
     say(f"   median step: dpokit {wall['dpokit']:.2f} s, dpokit with TRL's LM head {wall['dpokit_full_head']:.2f} s, "
         f"plain TRL {wall['trl']:.2f} s -> overhead_ratio {figures['overhead_ratio']} "
         f"(same head {figures['overhead_ratio_same_head']}, CPU time {figures['overhead_ratio_cpu']})")
+    shutil.rmtree(work, ignore_errors=True)
     say(f"   dpokit: {figures['tokens_per_s']} tokens/s, {figures['achieved_gflops']} GFLOP/s per CPU second, "
         f"{100 * figures['padding_share']:.0f}% of the batch is padding")
     return figures

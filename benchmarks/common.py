@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,35 @@ def child_env(extra: dict | None = None) -> dict:
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(extra or {})}
 
 
+class TurnTaker:
+    """The child side of a `Turnstile`: `wait()` blocks until the orchestrator says go; `turn(info)`
+    reports the work done since then (with its CPU time) and waits for the next go."""
+
+    def __init__(self, address: str, name: str):
+        from multiprocessing.connection import Client
+
+        self.conn = Client(address, authkey=b"dpokit-bench")
+        self.conn.send(("hello", name))
+        self._cpu = time.process_time()
+
+    @classmethod
+    def from_env(cls) -> "TurnTaker | None":
+        """Connected to the Turnstile that started this process, or None outside a benchmark."""
+        address = os.environ.get("BENCH_TURNSTILE")
+        return cls(address, os.environ.get("BENCH_NAME", "?")) if address else None
+
+    def wait(self) -> None:
+        self.conn.recv()  # "go"
+        self._cpu = time.process_time()
+
+    def turn(self, info: dict | None = None, kind: str = "step") -> None:
+        self.conn.send((kind, {"cpu_s": time.process_time() - self._cpu, **(info or {})}))
+        if kind == "done":
+            self.conn.close()
+        else:
+            self.wait()
+
+
 def turnstile_callback():
     """A TrainerCallback that lets a benchmark orchestrator run one optimizer step at a time.
 
@@ -100,32 +130,22 @@ def turnstile_callback():
     reports the CPU time of the step and the batch shape (tokens, padding, completion tokens).
     Returns None when the process was not started by a Turnstile.
     """
-    address = os.environ.get("BENCH_TURNSTILE")
-    if not address:
+    taker = TurnTaker.from_env()
+    if taker is None:
         return None
-    from multiprocessing.connection import Client
-
     from transformers import TrainerCallback
-
-    conn = Client(address, authkey=b"dpokit-bench")
-    conn.send(("hello", os.environ.get("BENCH_NAME", "?")))
 
     class TakeTurns(TrainerCallback):
         batch: dict = {}
 
-        def _report(self, kind):
-            cpu = time.process_time() - getattr(self, "_cpu", time.process_time())
-            conn.send((kind, {"cpu_s": cpu, **TakeTurns.batch}))
-
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step > 0:
-                self._report("step")
-            conn.recv()  # "go"
-            self._cpu = time.process_time()
+                taker.turn(TakeTurns.batch)
+            else:
+                taker.wait()
 
         def on_train_end(self, args, state, control, **kw):
-            self._report("done")
-            conn.close()
+            taker.turn(TakeTurns.batch, kind="done")
 
     return TakeTurns()
 
@@ -146,10 +166,11 @@ def record_batches(trainer, callback) -> None:
 class Turnstile:
     """Run training processes step by step in turn and time each step from outside.
 
-    `Turnstile({"a": argv_a, "b": argv_b}).run()` starts them all, waits until each is at the
-    start of its first step, then lets one step of each run in turn (a, b, a, b, ...). A step's
-    wall time runs from "go" to the process' next report, so logging, checkpoints and loading the
-    next batch count. Returns {name: [per-step dicts with wall_s, cpu_s and the batch shape]}.
+    `Turnstile({"a": argv_a, "b": argv_b}).run()` starts them all, waits until each is ready
+    (e.g. at the start of its first step), then lets one turn of each run at a time (a, b, a, b,
+    ...). A turn's wall time runs from "go" to the process' next report, so for a training step
+    logging, checkpoints and loading the next batch count. Returns {name: [per-turn dicts with
+    wall_s, cpu_s and what the process reported]}.
     """
 
     def __init__(self, commands: dict[str, list[str]], env: dict | None = None, timeout: float = 1800):
@@ -187,6 +208,7 @@ class Turnstile:
                         if procs[name].wait(timeout=600) != 0:
                             tail = (work / f"{name}.log").read_text()[-3000:]
                             raise RuntimeError(f"benchmark process {name} failed:\n{tail}")
+        shutil.rmtree(work, ignore_errors=True)  # kept when something failed: the logs are there
         return steps
 
 
