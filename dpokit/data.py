@@ -283,7 +283,8 @@ def normalise(dataset, ds_cfg, as_chat: bool):
         raise DataError(f"dataset: '{ds_cfg.name}' split '{ds_cfg.split}' has no rows")
     fmt = detect_format(dataset[0], cols[0], cols[1])
     keep = [c for c in ("family", "spec") if c in columns]
-    mapped = dataset.map(lambda row: _normalise_row(row, fmt, cols, as_chat),
+    # never reuse datasets' cache here: its fingerprint does not see changes inside _normalise_row
+    mapped = dataset.map(lambda row: _normalise_row(row, fmt, cols, as_chat), load_from_cache_file=False,
                          remove_columns=[c for c in columns if c not in keep], desc="Normalising pairs")
     problems = mapped["problem"]
     dropped: dict[str, int] = {}
@@ -291,7 +292,8 @@ def normalise(dataset, ds_cfg, as_chat: bool):
         if p:
             dropped[p] = dropped.get(p, 0) + 1
     if dropped:
-        mapped = mapped.filter(lambda row: not row["problem"], desc="Dropping unusable pairs")
+        mapped = mapped.filter(lambda row: not row["problem"], load_from_cache_file=False,
+                               desc="Dropping unusable pairs")
     mapped = mapped.remove_columns("problem")
     if len(mapped) == 0:
         first = next(i for i, p in enumerate(problems) if p)
