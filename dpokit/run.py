@@ -78,9 +78,40 @@ def new_run_dir(output_root: Path, model_name: str, method: str) -> Path:
     raise RuntimeError(f"could not create a fresh run directory under {output_root}")
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def _checkpoints(run_dir: Path) -> list[Path]:
     ckpts = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+    return sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def checkpoint_is_complete(ckpt: Path) -> bool:
+    """True once the Trainer finished writing `ckpt`: it writes trainer_state.json last, so a process
+    killed while saving leaves a folder without it (or with half of it)."""
+    try:
+        return "global_step" in json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (partial ones left by a kill are skipped)."""
+    complete = [p for p in _checkpoints(run_dir) if checkpoint_is_complete(p)]
+    return complete[-1] if complete else None
+
+
+def set_aside_incomplete_checkpoints(run_dir: Path) -> list[Path]:
+    """Rename half-written checkpoints to incomplete-checkpoint-N so a resumed run can save that step
+    again. They are kept (never deleted): nothing in a run directory is thrown away."""
+    moved = []
+    for ckpt in _checkpoints(run_dir):
+        if not checkpoint_is_complete(ckpt):
+            target = ckpt.with_name(f"incomplete-{ckpt.name}")
+            n = 1
+            while target.exists():
+                n += 1
+                target = ckpt.with_name(f"incomplete-{ckpt.name}-{n}")
+            ckpt.rename(target)
+            moved.append(target)
+    return moved
 
 
 def find_resume_point(output_root: Path, model_name: str, method: str, setting: str | None):
@@ -89,6 +120,13 @@ def find_resume_point(output_root: Path, model_name: str, method: str, setting: 
         return None, None
     if setting != "latest":
         ckpt = Path(setting).expanduser().resolve()
+        if not checkpoint_is_complete(ckpt):
+            latest = latest_checkpoint(ckpt.parent) if ckpt.parent.is_dir() else None
+            raise ConfigError([_problem("finetuning.resume_from_checkpoint",
+                                        f"{ckpt} is not a complete checkpoint (no readable trainer_state.json; "
+                                        "a process killed while saving leaves such a folder)",
+                                        f"use {latest}" if latest else "use 'latest' or a checkpoint-N folder "
+                                        "that has trainer_state.json")])
         return ckpt.parent, ckpt
     runs = sorted((p for p in output_root.glob(f"{model_name}-{method}-*") if p.is_dir()),
                   key=lambda p: p.stat().st_mtime, reverse=True)
@@ -197,6 +235,9 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
         say("   trust_remote_code: true — this model's own Python code will run")
     if resume_dir:
         say(f"   resuming from {ckpt}")
+        if is_rank_zero():
+            for moved in set_aside_incomplete_checkpoints(run_dir):
+                say(f"   set aside a checkpoint the previous process did not finish writing: {moved.name}")
         trim_metrics(run_dir, int(ckpt.name.split("-")[-1]))
     else:
         write_text(run_dir / "resolved_config.yaml", config.to_yaml())

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from dpokit.run import checkpoint_is_complete, latest_checkpoint
 from dpokit.testing import small_run_config, write_arithmetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +46,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     proc.wait()
     [run] = list((tmp_path / "killed" / "runs").iterdir())
     assert not (run / "adapter").exists(), "the run finished before it could be killed"
+    last_good = latest_checkpoint(run)
+    # A kill can land while the Trainer is writing the next checkpoint: leave such a half-written
+    # folder (weights, no trainer_state.json) so the resume has to skip it.
+    partial = run / f"checkpoint-{int(last_good.name.split('-')[1]) + 3}"
+    if not partial.exists():
+        shutil.copytree(last_good, partial)
+        (partial / "trainer_state.json").unlink()
 
     resumed = subprocess.run([sys.executable, "-m", "dpokit", "train", "--resume", str(run)], env=env,
                              capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["resumed_from"].endswith("checkpoint-6")
+    assert summary["status"] == "completed" and summary["resumed_from"] == str(last_good)
+    assert (run / f"incomplete-{partial.name}").is_dir()
+    assert f"did not finish writing: incomplete-{partial.name}" in resumed.stdout
     [straight] = list((tmp_path / "straight" / "runs").iterdir())
     step_a, loss_a = final_loss(straight)
     step_b, loss_b = final_loss(run)
@@ -59,3 +70,23 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line) and "train_runtime" not in json.loads(line)]
     assert steps == sorted(set(steps)), "metrics.jsonl has repeated steps after the resume"
+
+
+def test_latest_checkpoint_skips_half_written_ones(tmp_path):
+    run = tmp_path / "run"
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_step": 6}'), (9, None), (12, '{"global_')):
+        ckpt = run / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (ckpt / "trainer_state.json").write_text(state)
+    assert [checkpoint_is_complete(run / f"checkpoint-{s}") for s in (3, 6, 9, 12)] == [True, True, False, False]
+    assert latest_checkpoint(run) == run / "checkpoint-6"
+
+    from dpokit.run import set_aside_incomplete_checkpoints
+
+    moved = set_aside_incomplete_checkpoints(run)
+    assert sorted(p.name for p in moved) == ["incomplete-checkpoint-12", "incomplete-checkpoint-9"]
+    assert (run / "incomplete-checkpoint-9" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-6", "incomplete-checkpoint-12",
+                                                    "incomplete-checkpoint-9"]
