@@ -95,22 +95,21 @@ def _explain_reference(config, spec) -> None:
 
 
 def _explain_weights(config, spec):
-    from peft import get_peft_model
-
-    from .memory import estimate_memory, format_estimate
-    from .models import check_target_modules, count_parameters, load_model_config, load_tokenizer, lora_config, meta_model
+    # The LoRA count comes from the meta model's layer shapes (dpokit.memory), not from wrapping it
+    # with PEFT: the same number (tests/test_memory.py checks it) without importing peft (~1 s).
+    from .memory import estimate_memory, format_estimate, linear_shapes, lora_parameter_count
+    from .models import check_target_modules, count_parameters, load_model_config, load_tokenizer, meta_model
 
     model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
     model = meta_model(model_config)
     check_target_modules(model, config.lora.target_modules, model_config.model_type)
     total, _ = count_parameters(model)
-    peft_model = get_peft_model(model, lora_config(config.lora))
-    _, trainable = count_parameters(peft_model)
-    print(f"   model: {model_config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={config.lora.r} on "
-          f"{config.lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
+    lora = config.lora
+    trainable = lora_parameter_count(linear_shapes(model), lora.target_modules, lora.r, lora.use_dora)
+    print(f"   model: {model_config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
+          f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
     index = next(i for i, m in enumerate(config.models) if m is spec)
-    for line in format_estimate(estimate_memory(config, index, model_config=model_config,
-                                                meta_model=meta_model(model_config))):
+    for line in format_estimate(estimate_memory(config, index, model_config=model_config, meta_model=model)):
         print(f"   {line}")
     return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
 

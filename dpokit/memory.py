@@ -59,16 +59,19 @@ def model_shape(model_config) -> dict:
 
 
 def linear_shapes(meta_model) -> list[tuple[str, int, int]]:
-    """(leaf name, in_features, out_features) of every linear-like layer of a (meta) model."""
+    """(module name, in_features, out_features) of every linear-like layer of a (meta) model."""
     out = []
     for name, module in meta_model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
         weight = getattr(module, "weight", None)
         if type(module).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is (in, out)
-            out.append((leaf, weight.shape[0], weight.shape[1]))
+            out.append((name, weight.shape[0], weight.shape[1]))
         elif hasattr(module, "in_features") and hasattr(module, "out_features"):
-            out.append((leaf, module.in_features, module.out_features))
+            out.append((name, module.in_features, module.out_features))
     return out
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
 
 
 def lora_targets(linears, targets) -> list[tuple[str, int, int]]:
@@ -76,10 +79,15 @@ def lora_targets(linears, targets) -> list[tuple[str, int, int]]:
     import re
 
     if targets == "all-linear":
-        return [entry for entry in linears if entry[0] != "lm_head"]
-    if isinstance(targets, str):
+        return [entry for entry in linears if _leaf(entry[0]) != "lm_head"]
+    if isinstance(targets, str):  # PEFT: a regular expression over the full module name
         return [entry for entry in linears if re.fullmatch(targets, entry[0])]
-    return [entry for entry in linears if entry[0] in set(targets)]
+    return [entry for entry in linears if _leaf(entry[0]) in set(targets)]
+
+
+def lora_parameter_count(linears, targets, rank: int, use_dora: bool = False) -> int:
+    """Trainable parameters PEFT's LoRA adds for `targets` (A: rank x in, B: out x rank; DoRA: + out)."""
+    return sum(rank * (i + o) + (o if use_dora else 0) for _, i, o in lora_targets(linears, targets))
 
 
 def activation_bytes_per_token(shape: dict, gated_mlp: bool, targeted: set[str], lora_modules_per_layer: int,
@@ -110,10 +118,10 @@ def estimate_from_shape(shape: dict, linears, *, batch_size: int, seq_len: int, 
     rows = 2 * batch_size  # chosen and rejected go through the model as one batch
     layers = shape["layers"]
     adapted = lora_targets(linears, lora_target_modules)
-    lora_params = sum(lora_rank * (i + o) + (o if use_dora else 0) for _, i, o in adapted)
+    lora_params = lora_parameter_count(linears, lora_target_modules, lora_rank, use_dora)
     per_layer = max(1, round(len(adapted) / layers))
-    gated = any(name in ("gate_proj", "gate_up_proj", "w1") for name, _, _ in linears)
-    targeted = {name for name, _, _ in adapted}
+    gated = any(_leaf(name) in ("gate_proj", "gate_up_proj", "w1") for name, _, _ in linears)
+    targeted = {_leaf(name) for name, _, _ in adapted}
     dropout_inputs = round(sum(i for _, i, _ in adapted) / layers) if lora_dropout > 0 else 0
     per_token = activation_bytes_per_token(shape, gated, targeted, per_layer, lora_rank, seq_len, act_bytes,
                                            dropout_inputs)

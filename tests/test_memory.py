@@ -48,6 +48,28 @@ def test_weights_and_lora_terms_count_what_transformers_and_peft_create(tiny_lla
         assert est.terms["LoRA adapter + optimizer state"] == 3 * 4 * trainable, arch  # params + AdamW's 2 states
 
 
+@pytest.mark.parametrize("targets, use_dora", [
+    (["q_proj", "v_proj"], False),
+    (r"model\.layers\.0\.self_attn\.(q|v)_proj", False),  # a regex over the full name, as PEFT reads it
+    ("all-linear", False),
+    (["q_proj", "o_proj", "down_proj"], True),
+])
+def test_lora_count_without_peft_equals_peft(tiny_llama_dir, targets, use_dora):
+    """The dry run counts LoRA parameters from layer shapes; PEFT must create exactly that many."""
+    from peft import get_peft_model
+    from transformers import AutoConfig
+
+    from dpokit.memory import linear_shapes, lora_parameter_count
+    from dpokit.models import count_parameters, lora_config, meta_model
+
+    config = config_for(tiny_llama_dir, targets=targets, r=4)
+    config.lora.use_dora = use_dora
+    model = meta_model(AutoConfig.from_pretrained(tiny_llama_dir))
+    counted = lora_parameter_count(linear_shapes(model), targets, 4, use_dora)
+    _, trainable = count_parameters(get_peft_model(model, lora_config(config.lora)))
+    assert counted == trainable > 0
+
+
 @pytest.mark.parametrize("lora_dropout", [0.0, 0.05])
 def test_activation_term_matches_the_tensors_a_real_step_saves_for_backward(tiny_llama_dir, lora_dropout):
     """Sum the distinct tensors autograd keeps during the policy forward (dpokit's LoRA model, TRL's head)."""

@@ -9,7 +9,7 @@ import pytest
 
 from dpokit.judge import judge
 from dpokit.tasks import (DEFAULT_FAMILIES, FAMILIES, OUTSIDE_TASK_PROMPTS, REGISTRY, build_task_dataset,
-                          build_task_rows)
+                          build_task_rows, outside_answer_ok)
 
 SEEDS = (0, 1, 2, 7)
 
@@ -150,4 +150,18 @@ def test_outside_prompts_are_questions_with_expected_answers_outside_the_familie
     task_prompts = {r["prompt"] for r in train + held}
     for question, expected in OUTSIDE_TASK_PROMPTS:
         assert question.endswith("?") and expected and question not in task_prompts
-        assert expected.lower() not in question.lower()
+        assert not outside_answer_ok(expected, question)
+
+
+@pytest.mark.parametrize("expected, answer, ok", [
+    ("three|3", "A triangle has 3 sides.", True),
+    ("three|3", "Three.", True),
+    ("three|3", "It has 13 sides.", False),
+    ("7|seven", "12", False),
+    ("100", "100.0 degrees Celsius", True),
+    ("carbon dioxide", "Plants absorb Carbon Dioxide.", True),
+    ("Milky Way", "The Galaxy of Zorvath", False),
+    ("heart", "", False),
+])
+def test_outside_answers_are_checked_by_whole_word_alternatives(expected, answer, ok):
+    assert outside_answer_ok(expected, answer) is ok
