@@ -49,7 +49,8 @@ class DatasetSection(Section):
         description="Hub dataset id, a local file (.jsonl/.json/.jsonl.gz/.parquet/.csv) or directory, "
         "or `embedded:instruct-tasks` (generated offline).",
     )
-    subset: str | None = Field(None, description="Dataset subset/config name (hub datasets) or data_dir.")
+    subset: str | None = Field(None, description="Dataset subset/config name (hub datasets) or data_dir; for "
+                                "`embedded:instruct-tasks`, comma-separated task families (null = the default set).")
     split: str = Field("train", description="Split to train on.")
     prompt_column: str = Field("prompt", description="Column with prompts (absent for implicit-prompt data).")
     chosen_column: str = Field("chosen", description="Column with preferred responses.")

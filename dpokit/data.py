@@ -327,7 +327,8 @@ def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> Pr
     as_chat = mode == "always" or (mode == "auto" and tokenizer_has_chat_template)
     heldout = None
     if ds_cfg.name.startswith("embedded:"):
-        raw, heldout = _load_embedded(ds_cfg.name, seed)
+        task = embedded_task(ds_cfg, seed)
+        raw, heldout = task["train"], task["heldout"]
     else:
         raw = load_raw(ds_cfg, seed)
     cols = resolve_columns(list(raw.column_names), ds_cfg)
@@ -351,13 +352,26 @@ def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> Pr
                           dropped=dropped, fingerprint=fingerprint(data, eval_split), heldout=heldout)
 
 
-def _load_embedded(name: str, seed: int):
-    from .tasks import build_task_dataset
+def embedded_task(ds_cfg, seed: int):
+    """The embedded task's DatasetDict ("train", "heldout") for a dataset section.
 
-    if name != "embedded:instruct-tasks":
-        raise DataError(f"dataset.name: unknown embedded dataset '{name}'; available: embedded:instruct-tasks")
-    dd = build_task_dataset(seed=seed)
-    return dd["train"], dd["heldout"]
+    ``dataset.subset`` picks task families, comma-separated ("capital, json"); null means
+    `dpokit.tasks.DEFAULT_FAMILIES`.
+    """
+    from .tasks import FAMILIES, build_task_dataset
+
+    if ds_cfg.name != "embedded:instruct-tasks":
+        raise DataError(f"dataset.name: unknown embedded dataset '{ds_cfg.name}'; available: embedded:instruct-tasks")
+    families = None
+    if ds_cfg.subset:
+        families = [f.strip() for f in ds_cfg.subset.split(",") if f.strip()]
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown or not families:
+            close = [m for f in unknown for m in difflib.get_close_matches(f, FAMILIES, n=1)]
+            raise DataError(f"dataset.subset: unknown task families {unknown or [ds_cfg.subset]} of "
+                            f"embedded:instruct-tasks" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                            + f"; available: {', '.join(FAMILIES)}, or null for the default set")
+    return build_task_dataset(seed=seed, families=families)
 
 
 def fingerprint(*splits) -> str:

@@ -130,9 +130,9 @@ def heldout_prompts(config, n: int):
     from .data import load_preference_data
 
     if config.dataset.name.startswith("embedded:"):
-        from .tasks import build_task_dataset
+        from .data import embedded_task
 
-        held = build_task_dataset(seed=config.seed)["heldout"]
+        held = embedded_task(config.dataset, config.seed)["heldout"]
         held = held.select(range(min(n, len(held))))
         return list(held["prompt"]), list(held["spec"])
     data = load_preference_data(config)

@@ -17,6 +17,8 @@ What is forgiven (strict about the instruction, not pedantic about typography):
 
 What fails: anything else around the answer ("The answer is 42.", "Here is the JSON:"), a number
 that is not the answer, a numbered list where bullets were asked for, a missing or renamed key.
+A plain question (no instruction about the form) passes with a correct answer in a sentence of
+at least three words; a bare word fails even when right.
 A JSON answer must parse with ``json.loads`` as it is, so a markdown fence (```json ... ```)
 around it fails the format: "output only the JSON" means a program can read the reply directly.
 
@@ -166,11 +168,18 @@ def _on_topic(text: str, keywords) -> bool:
     return any(re.search(r"(?<![a-z])" + re.escape(k.lower()) + r"(s|es)?(?![a-z])", text.lower()) for k in keywords)
 
 
-_CHECKERS = {"number": _check_number, "word": _check_word, "upper_word": _check_upper_word,
+def _check_sentence(spec, text):
+    words = [w for w in text.split() if re.search(r"[A-Za-z0-9]", w)]
+    return {"format": len(words) >= int(spec.get("min_words", 3)),
+            "correct": any(contains_word(text, a) for a in spec["accept"])}
+
+
+_CHECKERS = {"sentence": _check_sentence, "number": _check_number, "word": _check_word, "upper_word": _check_upper_word,
              "bullets": _check_bullets, "json": _check_json, "starts_with": _check_starts_with,
              "ends_with": _check_ends_with}
 
 _REASONS = {
+    "sentence": {"format": "a bare word, not a sentence of {min_words}+ words", "correct": "wrong answer (expected {accept[0]})"},
     "number": {"format": "not just a number", "correct": "wrong number (expected {answer})"},
     "word": {"format": "not a single word", "correct": "wrong word (expected {accept[0]})"},
     "upper_word": {"format": "not a single word in capital letters", "correct": "wrong spelling (expected {answer})"},

@@ -187,3 +187,19 @@ def test_degeneration_flags_catch_broken_generations(response, flag):
                                       "The capital of Peru is Lima. It is a large city on the coast."])
 def test_degeneration_flags_leave_normal_answers_alone(response):
     assert degeneration_flags(response) == []
+
+
+PLAIN = {"family": "plain_question", "format": "sentence", "accept": ["seven", "7"], "min_words": 3}
+
+
+@pytest.mark.parametrize("response, passed, checks", [
+    ("There are seven continents.", True, {"format": True, "correct": True}),
+    ("The world has 7 continents: Africa, Asia ...", True, {"format": True, "correct": True}),
+    ("Seven.", False, {"format": False, "correct": True}),  # right, but a bare word where no format was asked
+    ("5", False, {"format": False, "correct": False}),  # the damage a one-word habit does
+    ("There are five continents.", False, {"format": True, "correct": False}),
+    ("There are 17 continents.", False, {"format": True, "correct": False}),  # 17 is not 7
+])
+def test_plain_question_wants_a_correct_sentence(response, passed, checks):
+    res = judge(PLAIN, response)
+    assert (res.passed, res.checks) == (passed, checks), res.reason

@@ -120,6 +120,8 @@ def test_every_family_mixes_verbose_but_right_and_compliant_but_wrong_rejections
         kind = ("right_content" if all(res.checks[k] for k in content) else
                 "right_format" if res.checks["format"] else "both_wrong")
         by_family.setdefault(row["family"], Counter())[kind] += 1
+    plain = by_family.pop("plain_question")  # the contrast family: a bare or a full answer, always wrong
+    assert plain["right_content"] == 0 and plain["right_format"] >= 10 and plain["both_wrong"] >= 10, plain
     for fam, kinds in by_family.items():
         assert kinds["right_content"] >= 10, (fam, kinds)  # e.g. "The capital of Peru is Lima."
         assert kinds["right_format"] >= 10, (fam, kinds)  # e.g. "Cusco"

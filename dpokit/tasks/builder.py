@@ -9,10 +9,11 @@ from typing import Any
 from .base import Family, Row
 from .formats import Bullets, JsonObject
 from .lookup import Arithmetic, Capital, Opposite, Plural, Uppercase
+from .plain import PlainQuestion
 from .sentences import EndsWith, StartsWith
 
 _FAMILY_CLASSES: tuple[type[Family], ...] = (Arithmetic, Capital, Opposite, Plural, Uppercase, Bullets,
-                                             JsonObject, StartsWith, EndsWith)
+                                             JsonObject, StartsWith, EndsWith, PlainQuestion)
 REGISTRY: dict[str, Family] = {cls.name: cls() for cls in _FAMILY_CLASSES}
 
 #: Every task family: name -> what its prompts ask for.
