@@ -141,3 +141,20 @@ def test_tokenize_pair_matches_the_ids_trl_trains_on(tiny_llama_dir, tmp_path):
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train, processing_class=tok)
         for raw, prepared in zip(data.train, trainer.train_dataset):
             assert tokenize_pair(tok, raw) == {k: prepared[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+
+
+def test_embedded_task_families_are_picked_with_dataset_subset():
+    config = load_config(data={"models": [{"name": "m", "huggingface_id": "embedded:smollm2-135m-instruct"}],
+                               "dataset": {"name": "embedded:instruct-tasks", "subset": "capital, plain_question",
+                                           "max_samples": None, "validation_split": 0.0}})
+    data = load_preference_data(config)
+    assert set(data.train["family"]) == set(data.heldout["family"]) == {"capital", "plain_question"}
+
+    from dpokit.evaluate import heldout_prompts
+
+    prompts, specs = heldout_prompts(config, 1000)
+    assert prompts == list(data.heldout["prompt"])  # evaluation judges the very held-out set of the run
+
+    bad = config.model_copy(update={"dataset": config.dataset.model_copy(update={"subset": "capital,jsn"})})
+    with pytest.raises(DataError, match=r"dataset.subset: unknown task families \['jsn'\].*did you mean json"):
+        load_preference_data(bad)
