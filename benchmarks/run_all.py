@@ -3,6 +3,7 @@
     overhead_ratio         dpokit train step / plain TRL step (same work, alternating)   target <= 1.03
     sweep_ratio            4-beta sweep with the reference cache / recomputing           target <= 0.80
     memory_estimate_error  max |estimate - measured| / measured peak RSS, 5 configs      target <= 0.15
+    dry_run_s              `dpokit train --config configs/quickstart.yaml --dry-run` wall  target <= 5
     tokens_per_s, achieved_gflops, matmul_peak_gflops (same machine, same run, same threads)
 
 Each measured process uses BENCH_THREADS threads (default 1: on a shared machine one thread per
@@ -24,12 +25,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import RESULTS, bench_threads, machine, say  # noqa: E402
 
-TARGETS = {"overhead_ratio": 1.03, "sweep_ratio": 0.80, "memory_estimate_error": 0.15}
+TARGETS = {"overhead_ratio": 1.03, "sweep_ratio": 0.80, "memory_estimate_error": 0.15, "dry_run_s": 5.0}
 
 
 def main() -> int:
     import torch
 
+    import bench_dry_run
     import bench_memory
     import bench_overhead
     import bench_sweep
@@ -43,7 +45,7 @@ def main() -> int:
     torch.set_num_threads(bench_threads())
     figures["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     say(f"matmul peak: {figures['matmul_peak_gflops']} GFLOP/s per CPU second (fp32, 1024x1024, best of 3 s)")
-    for bench in (bench_overhead, bench_sweep, bench_memory):
+    for bench in (bench_dry_run, bench_overhead, bench_sweep, bench_memory):
         t = time.perf_counter()
         figures.update(bench.run())
         figures.setdefault("bench_seconds", {})[bench.__name__] = round(time.perf_counter() - t, 1)

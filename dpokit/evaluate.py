@@ -90,6 +90,9 @@ def evaluate_run(run_dir: str | Path, num_prompts: int | None = None, max_new_to
         raise DpokitError(f"--run: {run_dir} has no trained adapter (adapter/adapter_config.json); "
                           "point it at a completed run directory")
     config = load_config(run_dir / "resolved_config.yaml")
+    from .compat import quiet_library_noise
+
+    quiet_library_noise(config.logging.log_level)
     n = num_prompts or config.evaluation.num_prompts
     max_new = max_new_tokens or config.evaluation.max_new_tokens
     summary = json.loads((run_dir / "summary.json").read_text())
