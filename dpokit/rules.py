@@ -221,7 +221,7 @@ def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = 
     notes = []
     if t.learning_rate > 1e-5:
         notes.append(f"learning_rate {t.learning_rate:g} > 1e-5: the guide warns of collapse with full fine-tuning; "
-                     "LoRA tolerates more (the quickstart uses 5e-5), but watch for degenerate answers")
+                     "LoRA tolerates more (the quickstart uses 1e-4), but watch for degenerate answers")
     if t.learning_rate < 1e-7:
         notes.append(f"learning_rate {t.learning_rate:g} < 1e-7: learning will be very slow")
     n_proc = max(1, len(config.gpu.device_ids or []) if config.gpu.use_ddp else 1)
