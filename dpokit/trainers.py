@@ -37,6 +37,10 @@ def training_kwargs(config, run_dir: Path, has_eval: bool, use_cpu: bool) -> dic
         warmup_steps=t.warmup_steps,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        # transformers' default replaces a NaN/inf step loss with the running average before it is
+        # logged, which hides a blow-up from the user and from dpokit's health watch (that stops the
+        # run and keeps the last good checkpoint): show the real value.
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
