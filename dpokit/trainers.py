@@ -112,7 +112,10 @@ class _TruncationMixin:
         max_prompt, max_completion = self.dpokit_limits
         if max_prompt is None and max_completion is None:
             return dataset
-        completion_keys = [k for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in dataset.column_names]
+        # KTO's KL_completion_ids are the batch's completions rotated by one: cut them the same way, or
+        # the KL estimate would see longer answers than the loss does.
+        completion_keys = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids")
+                           if k in dataset.column_names]
         bos = getattr(self._tokenizer, "bos_token_id", None)
 
         def cut(example):
