@@ -135,7 +135,8 @@ class TrainingSection(Section):
     eval_steps: int = Field(500, gt=0, description="Evaluate every N steps (when there is a validation split).")
     save_total_limit: int | None = Field(3, gt=0, description="Keep at most N checkpoints.")
     fp16: bool = Field(False, description="fp16 mixed precision (CUDA only).")
-    bf16: bool = Field(False, description="bfloat16 mixed precision (recent GPUs; works but slow on CPU).")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (recent GPUs; on CPU fast only with "
+                       "bfloat16 instructions, e.g. AVX512-BF16/AMX).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
     optim: str = Field("adamw_torch", description="Optimizer name as transformers knows it.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay (often 0 for DPO).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,17 +18,33 @@ from .methods import LABEL_SMOOTHING_LOSSES, METHODS, RENAMED_LOSS_TYPES
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """What this machine can do: CUDA devices and their precision support."""
+    """What this machine can do: CUDA devices and their precision support, and the CPU's bf16 support."""
 
     cuda_devices: int
     bf16_ok: bool
+    cpu_bf16_native: bool | None = None  # None: unknown (no /proc/cpuinfo, e.g. macOS)
 
     @classmethod
     def detect(cls) -> "DeviceInfo":
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return cls(cuda_devices=n, bf16_ok=bool(n and torch.cuda.is_bf16_supported()))
+        return cls(cuda_devices=n, bf16_ok=bool(n and torch.cuda.is_bf16_supported()),
+                   cpu_bf16_native=cpu_has_native_bf16())
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU has bfloat16 matrix instructions (x86 AVX512-BF16 or AMX-BF16, Arm BF16), from
+    /proc/cpuinfo; None where that file does not exist. Without them torch emulates bf16 (slow)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = " ".join(line.split(":", 1)[1] for line in cpuinfo.splitlines()
+                     if line.split(":", 1)[0].strip().lower() in ("flags", "features") and ":" in line)
+    return bool(re.search(r"(?<!\S)(avx512_bf16|amx_bf16|bf16)(?!\S)", flags))
 
 
 def check_rules(config) -> list[Problem]:
@@ -229,8 +246,16 @@ def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = 
     if not 16 <= eff <= 32:
         notes.append(f"effective batch size {eff} (= {t.per_device_train_batch_size} x {t.gradient_accumulation_steps}"
                      f" x {n_proc} process(es)) is outside the guide's 16-32 for DPO")
-    if t.bf16 and device.cuda_devices == 0:
-        notes.append("bf16 on CPU works but is much slower than fp32 here; set bf16: false for CPU runs")
+    if device.cuda_devices == 0 and t.bf16 and not device.cpu_bf16_native:
+        notes.append("bf16 on a CPU without bfloat16 instructions (AVX512-BF16/AMX/Arm BF16) is emulated and "
+                     "usually much slower than fp32" + (" (this CPU has none)" if device.cpu_bf16_native is False
+                                                       else "") + "; set bf16: false for CPU runs")
+    elif device.cuda_devices == 0 and t.bf16:
+        notes.append("bf16 on this CPU uses its native bfloat16 instructions: faster than fp32 (about 2x for "
+                     "the quickstart model on a 2-core AVX512-BF16 CPU), with slightly different numerics")
+    elif device.cuda_devices == 0 and not t.fp16 and device.cpu_bf16_native:
+        notes.append("this CPU has native bfloat16 instructions: bf16: true can train about 2x faster than "
+                     "fp32 here (16 s vs 33 s for 12 quickstart steps on a 2-core AVX512-BF16 CPU)")
     if t.fp16 and device.cuda_devices == 0 and config.gpu.on_missing == "cpu":
         notes.append("fp16 is ignored on the CPU fallback: training runs in fp32")
     if not METHODS[pt.method].uses_reference and (pt.use_ref_model or pt.beta != 0.1):

@@ -164,3 +164,37 @@ def test_schema_reference_lists_every_key():
     for dotted in guide_keys():
         section, key = dotted.split(".")
         assert f"`{section}.{key}`" in table
+
+
+X86_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+X86_PLAIN = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_cpu_bf16_support_is_read_from_cpuinfo_flags():
+    from dpokit.rules import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(X86_BF16) is True
+    assert cpu_has_native_bf16(X86_PLAIN) is False
+    assert cpu_has_native_bf16(ARM_BF16) is True
+    assert cpu_has_native_bf16("model name\t: some cpu mentioning bf16 in its name\n") is False
+
+
+@pytest.mark.parametrize("bf16, native, expected", [
+    (True, False, "emulated and usually much slower than fp32 (this CPU has none)"),
+    (True, None, "emulated and usually much slower than fp32; set bf16: false"),
+    (True, True, "native bfloat16 instructions: faster than fp32"),
+    (False, True, "bf16: true can train about 2x faster"),
+    (False, False, None),
+])
+def test_bf16_advice_on_cpu_follows_what_the_cpu_can_do(bf16, native, expected):
+    from dpokit.rules import DeviceInfo, advise
+
+    config = load_config(data={"models": [{"name": "m", "huggingface_id": "org/m"}],
+                               "training": {"bf16": bf16}})
+    notes = [n for n in advise(config, DeviceInfo(cuda_devices=0, bf16_ok=False, cpu_bf16_native=native))
+             if "bf16" in n or "bfloat16" in n]
+    if expected is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and expected in notes[0], notes
