@@ -394,8 +394,25 @@ def tokenize_pair(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
     The prompt is rendered with the chat template's generation prompt; the completion is what
     follows the longest common prefix of prompt and prompt+completion. Plain-text completions
     get the EOS token appended, as TRL does.
+
+    Written with the tokenizer's public API rather than TRL's private ``trl.data_utils._tokenize``:
+    the same two calls, without importing TRL (0.7 s of a 5 s dry run) or depending on a private
+    name. tests/test_data.py checks the ids equal those DPOTrainer prepares, as chat messages and as text.
     """
-    from trl.data_utils import _tokenize, common_prefix_length
+
+    def _tokenize(tok, value, add_generation_prompt: bool = False) -> dict:
+        if isinstance(value, list):  # conversational: the chat template renders and tokenizes
+            return tok.apply_chat_template(value, tokenize=True, return_dict=True,
+                                           **({"add_generation_prompt": True} if add_generation_prompt else {}))
+        return tok(text=value)
+
+    def common_prefix_length(a: list[int], b: list[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
 
     prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
     if isinstance(chosen, list):

@@ -95,21 +95,22 @@ def _explain_reference(config, spec) -> None:
 
 
 def _explain_weights(config, spec):
-    # The LoRA count comes from the meta model's layer shapes (dpokit.memory), not from wrapping it
-    # with PEFT: the same number (tests/test_memory.py checks it) without importing peft (~1 s).
-    from .memory import estimate_memory, format_estimate, linear_shapes, lora_parameter_count
-    from .models import check_target_modules, count_parameters, load_model_config, load_tokenizer, meta_model
+    # Parameter and LoRA counts come from the model's layout (dpokit.memory.model_layout: a weightless
+    # meta model, cached by config), not from wrapping it with PEFT: the same numbers
+    # (tests/test_memory.py checks them against PEFT) without importing peft or, once cached, the
+    # model's code.
+    from .memory import estimate_memory, format_estimate, lora_parameter_count, model_layout
+    from .models import check_target_names, load_model_config, load_tokenizer
 
     model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
-    model = meta_model(model_config)
-    check_target_modules(model, config.lora.target_modules, model_config.model_type)
-    total, _ = count_parameters(model)
-    lora = config.lora
-    trainable = lora_parameter_count(linear_shapes(model), lora.target_modules, lora.r, lora.use_dora)
-    print(f"   model: {model_config.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
+    layout = model_layout(model_config)
+    check_target_names(layout.module_names, layout.linear_names, config.lora.target_modules, layout.model_type)
+    total, lora = layout.num_parameters, config.lora
+    trainable = lora_parameter_count(layout.linears, lora.target_modules, lora.r, lora.use_dora)
+    print(f"   model: {layout.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
     index = next(i for i, m in enumerate(config.models) if m is spec)
-    for line in format_estimate(estimate_memory(config, index, model_config=model_config, meta_model=model)):
+    for line in format_estimate(estimate_memory(config, index, model_config=model_config, layout=layout)):
         print(f"   {line}")
     return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
 

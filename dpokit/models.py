@@ -142,19 +142,26 @@ def linear_module_names(model) -> list[str]:
 
 def check_target_modules(model, targets, model_type: str | None = None) -> None:
     """Raise ModelError if a LoRA target matches no module, listing what the model has."""
+    check_target_names([n for n, _ in model.named_modules()], linear_module_names(model), targets,
+                       model_type or getattr(getattr(model, "config", None), "model_type", None))
+
+
+def check_target_names(module_names: list[str], linear_names: list[str], targets,
+                       model_type: str | None = None) -> None:
+    """`check_target_modules` on a model's module names (e.g. from a cached `memory.ModelLayout`)."""
     if isinstance(targets, str):
         if targets == "all-linear":
             return
-        if any(re.fullmatch(targets, n) for n, _ in model.named_modules()):
+        if any(re.fullmatch(targets, n) for n in module_names):
             return
         missing = [targets]
     else:
-        leaves = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        missing = [t for t in targets if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
+        leaves = {n.rsplit(".", 1)[-1] for n in module_names}
+        missing = [t for t in targets if t not in leaves]
     if not missing:
         return
-    available = [n for n in linear_module_names(model) if n != "lm_head"]
-    suggestion = FAMILY_TARGETS.get(model_type or getattr(model.config, "model_type", ""), None)
+    available = [n for n in linear_names if n != "lm_head"]
+    suggestion = FAMILY_TARGETS.get(model_type or "", None)
     msg = (f"lora.target_modules: {missing} match no module of this {model_type or 'model'}. "
            f"Its linear layers are: {available}.")
     if suggestion:

@@ -208,3 +208,35 @@ def test_lm_head_scores_only_completion_tokens_with_the_same_loss(tiny_llama_dir
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
     for key, value in theirs_metrics.items():
         assert ours_metrics[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_model_layout_is_cached_by_config_and_rebuilt_when_damaged(tiny_llama_dir, tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    import dpokit.models
+    from dpokit.memory import linear_shapes, model_layout
+    from dpokit.models import count_parameters, meta_model
+
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path))
+    mc = AutoConfig.from_pretrained(tiny_llama_dir)
+    first = model_layout(mc)
+    meta = meta_model(mc)
+    assert first.num_parameters == count_parameters(meta)[0]
+    assert first.linears == linear_shapes(meta) and "q_proj" in first.linear_names
+    [entry] = list((tmp_path / "model_layouts").iterdir())
+
+    def no_meta_model(*args, **kwargs):
+        raise AssertionError("a cache hit must not build the model")
+
+    monkeypatch.setattr(dpokit.models, "meta_model", no_meta_model)
+    assert model_layout(mc) == first  # hit
+
+    monkeypatch.undo()
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path))
+    wider = AutoConfig.from_pretrained(tiny_llama_dir, intermediate_size=2 * mc.intermediate_size)
+    other = model_layout(wider)  # another config: another entry
+    assert other.num_parameters > first.num_parameters and len(list((tmp_path / "model_layouts").iterdir())) == 2
+
+    entry.write_text('{"model_type": "llama", "num_par')  # half-written
+    assert model_layout(mc) == first  # rebuilt
+    assert model_layout(mc, use_cache=False) == first
