@@ -22,6 +22,10 @@ BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results" / "latest.json"
 PYTHON = sys.executable
 
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from dpokit.files import atomic_write_text  # noqa: E402  (re-exported for the benchmark scripts)
+
 _CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
              ("Kenya", "Nairobi"), ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Chile", "Santiago"),
              ("Spain", "Madrid"), ("Greece", "Athens"), ("Russia", "Moscow"), ("Cuba", "Havana")]
@@ -242,9 +246,7 @@ def merge_results(figures: dict, path: Path = RESULTS) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(path.read_text()) if path.exists() else {}
     record.update(figures)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, ROOT, machine, say  # noqa: E402
+from common import PYTHON, ROOT, atomic_write_text, machine, say  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "quickstart.json"
 
@@ -97,9 +97,7 @@ def main() -> int:
     record = {"runs": results, "mean_sd": agg, "per_family_mean_sd": per_family, "jobs": args.jobs,
               "threads": args.threads, "machine": info, "finished": datetime.now().isoformat(timespec="seconds")}
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_name(f".{OUT.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, OUT)
+    atomic_write_text(OUT, json.dumps(record, indent=2) + "\n")
     say(f"\nwritten to {OUT.relative_to(ROOT)}")
     return 0
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import RESULTS, bench_threads, machine, say  # noqa: E402
+from common import RESULTS, atomic_write_text, bench_threads, machine, say  # noqa: E402
 
 TARGETS = {"overhead_ratio": 1.03, "sweep_ratio": 0.80, "memory_estimate_error": 0.15, "dry_run_s": 5.0}
 
@@ -54,9 +54,7 @@ def main() -> int:
                    total_seconds=round(time.perf_counter() - start, 1),
                    finished=datetime.now().isoformat(timespec="seconds"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, RESULTS)
+    atomic_write_text(RESULTS, json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
     say("\n== summary")
     failed = 0

@@ -388,6 +388,24 @@ def fingerprint(*splits) -> str:
 # ----------------------------------------------------------------------------- tokens
 
 
+def _tokenize(tok, value, add_generation_prompt: bool = False) -> dict:
+    """Token ids of a message list (through the chat template) or of plain text, as TRL tokenizes them."""
+    if isinstance(value, list):
+        return tok.apply_chat_template(value, tokenize=True, return_dict=True,
+                                       **({"add_generation_prompt": True} if add_generation_prompt else {}))
+    return tok(text=value)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Number of leading ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def tokenize_pair(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
     """Token ids of one pair as TRL's DPOTrainer builds them (tests check they are identical).
 
@@ -399,21 +417,6 @@ def tokenize_pair(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
     the same two calls, without importing TRL (0.7 s of a 5 s dry run) or depending on a private
     name. tests/test_data.py checks the ids equal those DPOTrainer prepares, as chat messages and as text.
     """
-
-    def _tokenize(tok, value, add_generation_prompt: bool = False) -> dict:
-        if isinstance(value, list):  # conversational: the chat template renders and tokenizes
-            return tok.apply_chat_template(value, tokenize=True, return_dict=True,
-                                           **({"add_generation_prompt": True} if add_generation_prompt else {}))
-        return tok(text=value)
-
-    def common_prefix_length(a: list[int], b: list[int]) -> int:
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n
-
     prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
     if isinstance(chosen, list):
         prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True)["input_ids"]

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
+
+from .files import atomic_write_text
 
 GIB = 2**30
 TOKEN_TILE, VOCAB_TILE = 4096, 32768  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE, TRL's vocab chunk
@@ -62,7 +63,15 @@ class ModelLayout:
     @property
     def linear_names(self) -> list[str]:
         """Distinct leaf names of the linear-like layers (what LoRA can target)."""
-        return sorted({name.rsplit(".", 1)[-1] for name, _, _ in self.linears})
+        return sorted({_leaf(name) for name, _, _ in self.linears})
+
+    @classmethod
+    def of(cls, meta_model, model_type: str = "") -> "ModelLayout":
+        """The layout of a built (meta) model."""
+        from .models import count_parameters
+
+        return cls(model_type or "", count_parameters(meta_model)[0], [n for n, _ in meta_model.named_modules()],
+                   linear_shapes(meta_model))
 
 
 def model_layout(model_config, use_cache: bool = True) -> ModelLayout:
@@ -75,7 +84,7 @@ def model_layout(model_config, use_cache: bool = True) -> ModelLayout:
     import transformers
 
     from .embedded import cache_root
-    from .models import count_parameters, meta_model
+    from .models import meta_model
 
     blob = json.dumps({"config": model_config.to_dict(), "transformers": transformers.__version__},
                       sort_keys=True, default=str)
@@ -87,15 +96,11 @@ def model_layout(model_config, use_cache: bool = True) -> ModelLayout:
                                [(str(n), int(i), int(o)) for n, i, o in data["linears"]])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged entry is rebuilt below
-    meta = meta_model(model_config)
-    layout = ModelLayout(getattr(model_config, "model_type", "") or "", count_parameters(meta)[0],
-                         [n for n, _ in meta.named_modules()], linear_shapes(meta))
+    layout = ModelLayout.of(meta_model(model_config), getattr(model_config, "model_type", ""))
     if use_cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(asdict(layout)))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(asdict(layout)))
         except OSError:
             pass  # a read-only cache only costs time
     return layout
@@ -211,16 +216,15 @@ def estimate_memory(config, model_index: int = 0, *, device: str | None = None, 
     Loads only the model's config and its `model_layout` (a weightless 'meta' model, for exact
     parameter counts); pass `model_config` and `layout` (or a `meta_model`) when the caller has them.
     """
-    from .models import count_parameters, load_model_config
+    from .models import load_model_config
 
     spec = config.models[model_index]
     t, pt, lora = config.training, config.post_training, config.lora
     if model_config is None:
         model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
-    if layout is None and meta_model is not None:
-        layout = ModelLayout(getattr(model_config, "model_type", "") or "", count_parameters(meta_model)[0], [],
-                             linear_shapes(meta_model))
-    layout = layout or model_layout(model_config)
+    if layout is None:
+        model_type = getattr(model_config, "model_type", "")
+        layout = ModelLayout.of(meta_model, model_type) if meta_model is not None else model_layout(model_config)
     if device is None:
         import torch
 

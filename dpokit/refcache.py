@@ -16,6 +16,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from .files import atomic_write_text
+
 CACHE_FORMAT = 1
 # DPOConfig fields that change the reference log-probs of a row (beta, loss_type, lr ... do not).
 LOGP_ARGS = ("max_length", "truncation_mode", "padding_free", "ld_alpha", "bf16", "fp16", "disable_dropout")
@@ -175,10 +177,7 @@ def store_entry(path: Path, key: str, table, parts: dict) -> None:
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     info = {"key": key, "created": datetime.now().isoformat(timespec="seconds"), **parts}
-    side = path.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, side)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------- the trainer hook

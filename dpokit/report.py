@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DpokitError
+from .files import atomic_write_text
 
 GLOSSARY = """\
 | metric | what it means |
@@ -213,10 +214,7 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     if evaluated:
         lines += ["## Before / after", "", *_judge_table(evaluated), "", *_samples_table(evaluated), ""]
     lines += ["## Glossary", "", GLOSSARY]
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, out_path)
-    return out_path
+    return atomic_write_text(out_path, "\n".join(lines))
 
 
 SWEEP_KEYS = ("post_training.method", "post_training.loss_type", "post_training.beta", "training.learning_rate",

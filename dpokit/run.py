@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from .distributed import shared_value
 from .errors import ConfigError, DataError, DpokitError
+from .files import atomic_write_text
 from .health import HealthWatch, health_alarms
 from .methods import METHODS
 
@@ -58,9 +59,7 @@ def write_json(path: Path, data: Any) -> None:
 def write_text(path: Path, text: str) -> None:
     if not is_rank_zero():
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def new_run_dir(output_root: Path, model_name: str, method: str) -> Path:
