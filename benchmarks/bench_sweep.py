@@ -98,7 +98,7 @@ def child(config_path: str) -> None:
 
     def build_in_turn(*args, **kwargs):  # trainer construction is where the reference pass runs
         trainer = build(*args, **kwargs)
-        status = trainer.__dict__.get("dpokit_ref_cache", {}).get("train", {}).get("status", "?")
+        status = trainer.dpokit_ref_cache.get("train", {}).get("status", "?")
         taker.turn({"phase": "built", "status": status})
         trainer.add_callback(Steps())
         return trainer

@@ -28,6 +28,7 @@ class _Unchanged:
 
 def main() -> int:
     import dpokit.trainers as trainers
+    import dpokit.trl_hooks as trl_hooks
     from common import record_batches, turnstile_callback
     from dpokit.cli import main as dpokit_main
 
@@ -43,7 +44,7 @@ def main() -> int:
 
     trainers.build_trainer = build_measured  # run.py imports it from dpokit.trainers when a run starts
     if os.environ.get("BENCH_FULL_LM_HEAD") == "1":
-        trainers.completion_tokens_only = _Unchanged
+        trl_hooks.completion_tokens_only = _Unchanged
     return dpokit_main(sys.argv[1:])
 
 

@@ -8,19 +8,21 @@ from .errors import ConfigError, DataError, DpokitError, ModelError
 
 __version__ = "0.1.0"
 
-_LAZY = {  # heavy imports (torch, TRL) only when used
+# Functions and classes exported lazily: their modules import torch/TRL, which `import dpokit` should not.
+# (Submodules such as dpokit.judge or dpokit.losses are imported as modules: `from dpokit import judge`.)
+_LAZY = {
     "train": "run",
     "build_trainer": "trainers",
     "load_preference_data": "data",
-    "explain": "explain",
+    "dry_run": "dryrun",
     "evaluate_run": "evaluate",
+    "RunDir": "rundir",
     "plot_run": "report",
     "write_report": "report",
     "export_run": "export",
     "ChatModel": "export",
     "chat": "export",
     "build_task_dataset": "tasks",
-    "judge": "judge",
 }
 
 __all__ = ["Config", "ConfigError", "DataError", "DpokitError", "ModelError", "load_config", "__version__",

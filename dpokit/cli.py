@@ -118,12 +118,12 @@ def _dispatch(args) -> int:
                           args.config)
     if args.command == "train":
         if args.dry_run:
-            from .explain import explain
+            from .dryrun import dry_run
 
-            return explain(config, model_index=args.model_index, output_dir=args.output_dir)
+            return dry_run(config, model_index=args.model_index, output_dir=args.output_dir)
         from .compat import check_versions
         from .distributed import in_launched_process, launch
-        from .rules import DeviceInfo
+        from .machine import DeviceInfo
         from .run import train
 
         check_versions()
@@ -136,29 +136,24 @@ def _dispatch(args) -> int:
 
 def _resume_target(run_dir: str, overrides: dict):
     """(config path, model index, overrides) that continue `run_dir` from its latest checkpoint."""
-    import json
-    from pathlib import Path
-
-    from .config import load_config
     from .errors import ConfigError, Problem
-    from .run import latest_checkpoint
+    from .rundir import CONFIG_FILE, RunDir
 
-    run = Path(run_dir)
-    resolved = run / "resolved_config.yaml"
-    ckpt = latest_checkpoint(run) if run.is_dir() else None
+    run = RunDir(run_dir)
+    resolved = run.file(CONFIG_FILE)
+    ckpt = run.latest_checkpoint() if run.path.is_dir() else None
     if not resolved.exists() or ckpt is None:
         raise ConfigError([Problem("--resume", f"{run} is not a run directory with a checkpoint "
                                    "(resolved_config.yaml and checkpoint-N/)",
                                    "point it at outputs/<model>-<method>-<time>/ of a run that saved a checkpoint")],
                           "command line")
-    model = json.loads((run / "summary.json").read_text()).get("model") if (run / "summary.json").exists() else None
-    names = [m.name for m in load_config(resolved).models]
-    index = names.index(model) if model in names else 0
+    config = run.config()
+    index = config.models.index(run.model_spec(config))
     return str(resolved), index, {**overrides, "finetuning.resume_from_checkpoint": str(ckpt)}
 
 
 def report_results(results) -> int:
-    from .run import is_rank_zero
+    from .console import is_rank_zero
 
     ok = 0 if all(r.status == "completed" for r in results) else 1
     if not is_rank_zero():

@@ -65,7 +65,7 @@ class DatasetSection(Section):
 
 
 class PostTrainingSection(Section):
-    method: Literal["dpo", "ipo", "kto", "orpo"] = Field("dpo", description="dpo, ipo, kto or orpo.")
+    method: str = Field("dpo", description="dpo, ipo, kto or orpo (the methods registered in dpokit.methods).")
     beta: float = Field(0.1, gt=0.0, description="Strength of the pull towards the reference model (KL weight).")
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0, description="Assumed label-noise rate; only the robust, exo_pair and aot losses use it."
@@ -86,6 +86,17 @@ class PostTrainingSection(Section):
         False, description="Compute reference log-probs once before training (and cache them across runs)."
     )
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from .methods import get_method
+
+        try:
+            get_method(v)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        return v
+
     @field_validator("loss_type")
     @classmethod
     def _non_empty(cls, v):
@@ -96,12 +107,9 @@ class PostTrainingSection(Section):
     @property
     def loss_types(self) -> list[str]:
         """The loss types as a list (the method's default when none is set)."""
-        from .methods import METHODS
+        from .methods import get_method
 
-        if self.loss_type is None:
-            default = METHODS[self.method].default_loss
-            return [default] if default else []
-        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        return get_method(self.method).loss_types_of(self)
 
 
 class LoraSection(Section):

@@ -46,7 +46,7 @@ class PreferenceData:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_raw(ds_cfg, seed: int = 42):
+def load_raw(ds_cfg):
     """Load the configured split as a `datasets.Dataset` (no normalisation yet)."""
     import datasets
 
@@ -330,7 +330,7 @@ def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> Pr
         task = embedded_task(ds_cfg, seed)
         raw, heldout = task["train"], task["heldout"]
     else:
-        raw = load_raw(ds_cfg, seed)
+        raw = load_raw(ds_cfg)
     cols = resolve_columns(list(raw.column_names), ds_cfg)
     data, fmt, dropped = normalise(raw, ds_cfg, as_chat)
     notes = [f"format: {describe_format(fmt, cols, as_chat)}"]
@@ -350,6 +350,17 @@ def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> Pr
         data, eval_split = parts["train"], parts["test"]
     return PreferenceData(train=data, eval=eval_split, format=fmt, source=ds_cfg.name, notes=notes,
                           dropped=dropped, fingerprint=fingerprint(data, eval_split), heldout=heldout)
+
+
+def heldout_rows(config, n: int):
+    """Up to `n` rows never trained on: the embedded task's held-out prompts (with their judge `spec`),
+    else the validation split (or, without one, the first training rows)."""
+    if config.dataset.name.startswith("embedded:"):
+        rows = embedded_task(config.dataset, config.seed)["heldout"]
+    else:
+        data = load_preference_data(config)
+        rows = data.eval if data.eval is not None else data.train
+    return rows.select(range(min(n, len(rows))))
 
 
 def embedded_task(ds_cfg, seed: int):
@@ -431,6 +442,17 @@ def tokenize_pair(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
         full_r = _tokenize(tokenizer, prompt + rejected)["input_ids"]
     n = min(common_prefix_length(prompt_ids, full_c), common_prefix_length(prompt_ids, full_r))
     return {"prompt_ids": prompt_ids[:n], "chosen_ids": full_c[n:], "rejected_ids": full_r[n:]}
+
+
+def truncate_ids(ids: list[int], limit: int | None, keep: str, bos_id: int | None = None) -> list[int]:
+    """Keep the first (`keep='start'`) or last (`keep='end'`) `limit` tokens; a leading BOS stays."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    if keep == "start":
+        return ids[:limit]
+    if bos_id is not None and ids and ids[0] == bos_id and limit > 1:
+        return [bos_id] + ids[-(limit - 1):]
+    return ids[-limit:]
 
 
 def length_report(tokenizer, dataset, max_prompt: int | None, max_completion: int | None,

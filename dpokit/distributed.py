@@ -12,22 +12,16 @@ import socket
 import subprocess
 import sys
 
+from .schedule import world_size
+
 
 def in_launched_process() -> bool:
     return "LOCAL_RANK" in os.environ or "ACCELERATE_LAUNCHED" in os.environ
 
 
-def num_processes(config, cuda_devices: int) -> int:
-    """Processes for a DDP run: one per requested device (CPU processes when falling back)."""
-    ids = config.gpu.device_ids
-    if ids:
-        return len(ids)
-    return max(cuda_devices, 1)
-
-
 def launch_command(config, argv: list[str], cuda_devices: int) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch` command that re-runs this CLI call in N processes, and its env."""
-    n = num_processes(config, cuda_devices)
+    n = world_size(config, cuda_devices)
     use_cpu = cuda_devices == 0
     port = str(_free_port())
     if use_cpu:  # accelerate needs MPI for several CPU processes; torchrun starts them with gloo
@@ -47,7 +41,7 @@ def launch_command(config, argv: list[str], cuda_devices: int) -> tuple[list[str
 
 def launch(config, argv: list[str], cuda_devices: int) -> int:
     cmd, env = launch_command(config, argv, cuda_devices)
-    n = num_processes(config, cuda_devices)
+    n = world_size(config, cuda_devices)
     where = "CPU processes (torchrun, gloo)" if cuda_devices == 0 else \
         f"GPU processes (accelerate, DDP) on {config.gpu.device_ids or list(range(n))}"
     print(f"== gpu.use_ddp: launching {n} {where}", flush=True)

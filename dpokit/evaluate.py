@@ -8,13 +8,11 @@ and a readable `samples.md` into the run directory.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from .errors import DpokitError
-from .run import write_json, write_text
+from .rundir import EVAL_FILE, SAMPLES_FILE, RunDir
 
 
 def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, batch_size: int = 16,
@@ -51,7 +49,7 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, batch_si
     return outputs
 
 
-def compare(base: list[bool], trained: list[bool]) -> dict[str, int]:
+def win_tie_loss(base: list[bool], trained: list[bool]) -> dict[str, int]:
     """Win/tie/loss counts of trained vs base, prompt by prompt."""
     wins = sum(t and not b for b, t in zip(base, trained))
     losses = sum(b and not t for b, t in zip(base, trained))
@@ -75,32 +73,22 @@ def outside_task_check(base_answers: list[str], trained_answers: list[str], prom
             "lost": lost, "kept": kept, "degenerate": sum(bool(r["flags"]) for r in rows), "rows": rows}
 
 
-def evaluate_run(run_dir: str | Path, num_prompts: int | None = None, max_new_tokens: int | None = None) -> dict:
+def evaluate_run(run_dir: str | Path | RunDir, num_prompts: int | None = None,
+                 max_new_tokens: int | None = None) -> dict:
     """Evaluate a finished run (base vs trained adapter); writes eval.json and samples.md."""
-    from peft import PeftModel
-
-    from .config import load_config
+    from .compat import quiet_library_noise
     from .judge import judge_many
-    from .models import load_model, load_tokenizer
     from .tasks import OUTSIDE_TASK_PROMPTS
 
-    run_dir = Path(run_dir)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise DpokitError(f"--run: {run_dir} has no trained adapter (adapter/adapter_config.json); "
-                          "point it at a completed run directory")
-    config = load_config(run_dir / "resolved_config.yaml")
-    from .compat import quiet_library_noise
-
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.require_adapter()
+    config = run.config()
     quiet_library_noise(config.logging.log_level)
     n = num_prompts or config.evaluation.num_prompts
     max_new = max_new_tokens or config.evaluation.max_new_tokens
-    summary = json.loads((run_dir / "summary.json").read_text())
-    spec = next(m for m in config.models if m.name == summary["model"])
     start = time.perf_counter()
 
-    tokenizer = load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
-    model = PeftModel.from_pretrained(load_model(spec.huggingface_id, spec.trust_remote_code), str(adapter))
+    model, tokenizer = run.load_trained()
     prompts, specs = heldout_prompts(config, n)
     outside = list(OUTSIDE_TASK_PROMPTS)
     questions = prompts + [q for q, _ in outside]
@@ -108,14 +96,14 @@ def evaluate_run(run_dir: str | Path, num_prompts: int | None = None, max_new_to
         base_all = generate(model, tokenizer, questions, max_new, progress="Base model answers")
     trained_all = generate(model, tokenizer, questions, max_new, progress="Trained model answers")
     base, trained = base_all[:len(prompts)], trained_all[:len(prompts)]
-    result: dict[str, Any] = {"run_dir": str(run_dir), "num_prompts": len(prompts), "max_new_tokens": max_new}
+    result: dict[str, Any] = {"run_dir": str(run), "num_prompts": len(prompts), "max_new_tokens": max_new}
     if specs is not None:
         b, t = judge_many(specs, base), judge_many(specs, trained)
         result.update(task="embedded:instruct-tasks", base_score=b["pass_rate"], trained_score=t["pass_rate"],
                       improvement=round(t["pass_rate"] - b["pass_rate"], 2),
                       per_family={f: {"base": b["per_family"][f], "trained": t["per_family"][f]}
                                   for f in b["per_family"]},
-                      **compare(b["passed"], t["passed"]))
+                      **win_tie_loss(b["passed"], t["passed"]))
         result_passes = {"base": b["passed"], "trained": t["passed"]}
     result["outside_task"] = outside_task_check(base_all[len(prompts):], trained_all[len(prompts):], outside)
     result["eval_runtime_s"] = round(time.perf_counter() - start, 1)
@@ -123,25 +111,17 @@ def evaluate_run(run_dir: str | Path, num_prompts: int | None = None, max_new_to
     if specs is not None:
         for s, b_ok, t_ok in zip(samples, result_passes["base"], result_passes["trained"]):
             s.update(base_pass=b_ok, trained_pass=t_ok)
-    write_json(run_dir / "eval.json", {**result, "samples": samples})
-    write_text(run_dir / "samples.md", samples_markdown(result, samples))
+    run.write_json(EVAL_FILE, {**result, "samples": samples})
+    run.write_text(SAMPLES_FILE, samples_markdown(result, samples))
     return result
 
 
 def heldout_prompts(config, n: int):
-    """(prompts, judge specs or None): the embedded task's held-out prompts, else unseen data prompts."""
-    from .data import load_preference_data
+    """(prompts, judge specs or None) of up to `n` held-out rows (dpokit.data.heldout_rows)."""
+    from .data import heldout_rows
 
-    if config.dataset.name.startswith("embedded:"):
-        from .data import embedded_task
-
-        held = embedded_task(config.dataset, config.seed)["heldout"]
-        held = held.select(range(min(n, len(held))))
-        return list(held["prompt"]), list(held["spec"])
-    data = load_preference_data(config)
-    source = data.eval if data.eval is not None else data.train
-    source = source.select(range(min(n, len(source))))
-    return list(source["prompt"]), None
+    rows = heldout_rows(config, n)
+    return list(rows["prompt"]), (list(rows["spec"]) if "spec" in rows.column_names else None)
 
 
 def _text(prompt) -> str:
@@ -176,7 +156,7 @@ def print_report(result: dict, samples: int = 6) -> None:
     print(f"   outside the task: {o['trained_correct']}/{o['prompts']} right after training "
           f"(base {o['base_correct']}), {o['lost']} lost, {o['degenerate']} degenerate")
     path = Path(result["run_dir"])
-    shown = json.loads((path / "eval.json").read_text())["samples"][:samples]
+    shown = RunDir(path).read_json(EVAL_FILE)["samples"][:samples]
     for s in shown:
         print(f"   · {s['prompt'][:70]}\n       base:    {s['base'][:70]!r}\n       trained: {s['trained'][:70]!r}")
     print(f"   all answers: {path / 'samples.md'}")

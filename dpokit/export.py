@@ -17,52 +17,32 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import DpokitError
-
-
-def _finished_run(run_dir: str | Path) -> tuple[Path, dict]:
-    """(run dir, summary) of a completed run, or a DpokitError saying what is missing."""
-    run = Path(run_dir).expanduser().resolve()
-    adapter = run / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise DpokitError(f"RUN_DIR: {run} has no trained adapter (adapter/adapter_config.json); give the "
-                          "directory of a completed `dpokit train` run")
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-    return run, summary
-
-
-def _base_model_id(run: Path, summary: dict) -> tuple[str, bool]:
-    """(huggingface_id, trust_remote_code) of the run's base model, from its resolved config."""
-    from .config import load_config
-
-    config = load_config(run / "resolved_config.yaml")
-    spec = next((m for m in config.models if m.name == summary.get("model")), config.models[0])
-    return spec.huggingface_id, spec.trust_remote_code
+from .rundir import RunDir
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False) -> Path:
     """Write the run's adapter + tokenizer (or, with merge, a full merged model + tokenizer) to out_dir."""
-    run, summary = _finished_run(run_dir)
+    run = RunDir(Path(run_dir).expanduser().resolve())
+    run.require_adapter()
+    summary = run.summary()
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise DpokitError(f"--out: {out} exists and is not empty; choose a new directory (nothing is overwritten)")
-    model_id, remote = _base_model_id(run, summary)
+    spec = run.model_spec()
+    model_id = spec.huggingface_id
     info = {"source_run": str(run), "base_model": model_id, "merged": merge, "method": summary.get("method"),
             "loss_type": summary.get("loss_type"), "steps": summary.get("steps"),
             "exported": datetime.now().isoformat(timespec="seconds")}
     if not merge:
-        shutil.copytree(run / "adapter", out, dirs_exist_ok=True)
+        shutil.copytree(run.adapter_dir, out, dirs_exist_ok=True)
         _write_info(out, info, "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), DIR)")
         return out
 
-    from peft import PeftModel
-
     from .compat import quiet_library_noise
-    from .models import load_model, load_tokenizer
 
     quiet_library_noise()
     print(f"   merging the adapter into {model_id} ...", flush=True)
-    tokenizer = load_tokenizer(model_id, remote)
-    model = PeftModel.from_pretrained(load_model(model_id, remote), str(run / "adapter"))
+    model, tokenizer = run.load_trained()
     merged = model.merge_and_unload()
     merged.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -79,17 +59,12 @@ class ChatModel:
     """A finished run's model in memory: answers with the adapter on (trained) or off (base)."""
 
     def __init__(self, run_dir: str | Path, max_new_tokens: int = 128):
-        from peft import PeftModel
-
         from .compat import quiet_library_noise
-        from .models import load_model, load_tokenizer
 
         quiet_library_noise()
-        run, summary = _finished_run(run_dir)
-        model_id, remote = _base_model_id(run, summary)
-        self.run_dir, self.max_new_tokens = run, max_new_tokens
-        self.tokenizer = load_tokenizer(model_id, remote)
-        self.model = PeftModel.from_pretrained(load_model(model_id, remote), str(run / "adapter"))
+        run = RunDir(Path(run_dir).expanduser().resolve())
+        self.run_dir, self.max_new_tokens = run.path, max_new_tokens
+        self.model, self.tokenizer = run.load_trained()
 
     def answer(self, prompt: str, base: bool = False) -> str:
         """Greedy answer to one user message (base=True: the adapter switched off)."""

@@ -5,8 +5,10 @@ Kept free of heavy imports so the config, cache and report code can all use it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -16,3 +18,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """`atomic_write_text` of `data` as indented JSON (values JSON does not know are written as text)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

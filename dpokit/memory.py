@@ -235,9 +235,9 @@ def estimate_memory(config, model_index: int = 0, *, device: str | None = None, 
     completion_len = min(seq_len - 1, completion or seq_len)
     if prompt is not None and completion is None:
         completion_len = max(1, seq_len - prompt)
-    from .methods import METHODS
+    from .methods import get_method
 
-    separate = METHODS[pt.method].uses_reference and pt.use_ref_model
+    separate = get_method(pt.method).uses_reference and pt.use_ref_model
     return estimate_from_shape(
         model_shape(model_config), layout.linears, batch_size=t.per_device_train_batch_size,
         seq_len=seq_len, completion_len=completion_len, lora_rank=lora.r,
@@ -268,6 +268,6 @@ def format_estimate(estimate: MemoryEstimate) -> list[str]:
     return lines
 
 
-def compare(estimate: MemoryEstimate, measured_bytes: float) -> float:
+def relative_error(estimate: MemoryEstimate, measured_bytes: float) -> float:
     """Relative error |estimate - measured| / measured."""
     return abs(estimate.total - measured_bytes) / measured_bytes if measured_bytes else math.inf

@@ -118,10 +118,10 @@ def key_parts(trainer, dataset) -> dict:
     """Everything the reference log-probs of `dataset` depend on, as a JSON-able dict."""
     from .compat import installed_versions
 
-    fingerprint = getattr(trainer, "_dpokit_reference_fingerprint", None)
+    fingerprint = trainer.dpokit_reference_fingerprint
     if fingerprint is None:  # once per trainer (train and eval share it)
         fingerprint = weights_fingerprint(reference_tensors(trainer))
-        trainer._dpokit_reference_fingerprint = fingerprint
+        trainer.dpokit_reference_fingerprint = fingerprint
     model = trainer.ref_model if trainer.ref_model is not None else trainer.model
     model = trainer.accelerator.unwrap_model(model)
     config = model.config.to_dict()
@@ -194,7 +194,7 @@ def precompute_with_cache(trainer, dataset, name: str, compute):
     from datasets import Dataset, concatenate_datasets
     from datasets.table import InMemoryTable
 
-    record = trainer.__dict__.setdefault("dpokit_ref_cache", {})
+    record = trainer.dpokit_ref_cache
     main = trainer.accelerator.is_main_process
     if not enabled():
         record[name] = {"status": "off"}

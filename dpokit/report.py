@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import DpokitError
 from .files import atomic_write_text
+from .rundir import CONFIG_FILE, EVAL_FILE, RunDir
 
 GLOSSARY = """\
 | metric | what it means |
@@ -81,18 +82,14 @@ def load_run(run_dir: str | Path) -> RunRecord:
     """Read a run directory written by `dpokit train` (raises DpokitError if it is not one)."""
     import yaml
 
-    path = Path(run_dir).expanduser().resolve()
-    if not (path / "summary.json").exists():
-        raise DpokitError(f"RUN_DIR: {path} is not a dpokit run directory (no summary.json); "
+    run = RunDir(Path(run_dir).expanduser().resolve())
+    if not run.is_run():
+        raise DpokitError(f"RUN_DIR: {run.path} is not a dpokit run directory (no summary.json); "
                           "give a directory written by `dpokit train`")
-    metrics = path / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
-    config_file = path / "resolved_config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-    eval_file = path / "eval.json"
-    evaluation = json.loads(eval_file.read_text()) if eval_file.exists() else None
-    record = RunRecord(path, json.loads((path / "summary.json").read_text()), records, config or {}, evaluation)
-    record.label = record.summary.get("model") or path.name
+    config_file = run.file(CONFIG_FILE)
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    record = RunRecord(run.path, run.summary(), run.metrics(), config or {}, run.read_json(EVAL_FILE))
+    record.label = record.summary.get("model") or run.name
     return record
 
 
@@ -163,8 +160,8 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run directories as given; a folder that is not a run but holds runs stands for all of them."""
     out: list[Path] = []
     for p in map(lambda x: Path(x).expanduser().resolve(), paths):
-        if not (p / "summary.json").exists() and p.is_dir():
-            inner = sorted(d for d in p.iterdir() if (d / "summary.json").exists())
+        if not RunDir(p).is_run() and p.is_dir():
+            inner = sorted(d for d in p.iterdir() if RunDir(d).is_run())
             if inner:
                 out += inner
                 continue

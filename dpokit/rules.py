@@ -8,43 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Problem
-from .methods import LABEL_SMOOTHING_LOSSES, METHODS, RENAMED_LOSS_TYPES
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What this machine can do: CUDA devices and their precision support, and the CPU's bf16 support."""
-
-    cuda_devices: int
-    bf16_ok: bool
-    cpu_bf16_native: bool | None = None  # None: unknown (no /proc/cpuinfo, e.g. macOS)
-
-    @classmethod
-    def detect(cls) -> "DeviceInfo":
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return cls(cuda_devices=n, bf16_ok=bool(n and torch.cuda.is_bf16_supported()),
-                   cpu_bf16_native=cpu_has_native_bf16())
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
-    """Whether the CPU has bfloat16 matrix instructions (x86 AVX512-BF16 or AMX-BF16, Arm BF16), from
-    /proc/cpuinfo; None where that file does not exist. Without them torch emulates bf16 (slow)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return None
-    flags = " ".join(line.split(":", 1)[1] for line in cpuinfo.splitlines()
-                     if line.split(":", 1)[0].strip().lower() in ("flags", "features") and ":" in line)
-    return bool(re.search(r"(?<!\S)(avx512_bf16|amx_bf16|bf16)(?!\S)", flags))
+from .machine import DeviceInfo
+from .methods import get_method
 
 
 def check_rules(config) -> list[Problem]:
@@ -62,60 +30,12 @@ def check_rules(config) -> list[Problem]:
 
 
 def _method_rules(config) -> list[Problem]:
-    pt = config.post_training
-    method = METHODS[pt.method]
-    out = []
-    requested = [pt.loss_type] if isinstance(pt.loss_type, str) else (pt.loss_type or [])
-    for lt in requested:
-        if lt in RENAMED_LOSS_TYPES and lt not in method.loss_types:
-            if not (lt == "kto_pair" and pt.method == "kto"):
-                out.append(Problem("post_training.loss_type", f"'{lt}' is not available", RENAMED_LOSS_TYPES[lt]))
-            continue
-        if not method.loss_types:
-            out.append(Problem("post_training.loss_type", f"method '{pt.method}' has no loss_type (got '{lt}')",
-                               "remove `loss_type` (ORPO's loss is fixed: SFT + odds-ratio term)"))
-        elif lt not in method.loss_types:
-            hint = f"method '{pt.method}' accepts: {', '.join(method.loss_types)}"
-            if pt.method == "ipo":
-                hint += " (for other DPO variants use `method: dpo` with that loss_type)"
-            if pt.method == "dpo" and lt in ("kto", "apo_zero_unpaired"):
-                hint = f"'{lt}' is a KTO loss: set `method: kto`"
-            out.append(Problem("post_training.loss_type", f"'{lt}' is not a loss type of method '{pt.method}'", hint))
-    if pt.loss_weights is not None:
-        if pt.method not in ("dpo", "ipo"):
-            out.append(Problem("post_training.loss_weights", f"only DPO combines loss types; method is '{pt.method}'",
-                               "remove `loss_weights`"))
-        elif len(pt.loss_weights) != len(pt.loss_types):
-            out.append(Problem("post_training.loss_weights",
-                               f"{len(pt.loss_weights)} weights for {len(pt.loss_types)} loss types {pt.loss_types}",
-                               "give one weight per loss type, e.g. loss_type: [sigmoid, sft] with loss_weights: [1, 1]"))
-    if pt.label_smoothing > 0:
-        used = LABEL_SMOOTHING_LOSSES.intersection(pt.loss_types)
-        if not used:
-            out.append(Problem("post_training.label_smoothing",
-                               f"{pt.label_smoothing} would be ignored: TRL applies label smoothing only to the "
-                               f"robust, exo_pair and aot losses, and the loss is {pt.loss_types or pt.method}",
-                               "set `loss_type: robust` (conservative DPO under label noise) or set label_smoothing: 0"))
-        elif "robust" in used and pt.label_smoothing >= 0.5:
-            out.append(Problem("post_training.label_smoothing", f"{pt.label_smoothing} is not in [0, 0.5) for robust",
-                               "it is the probability a label is flipped; the robust-DPO paper uses 0.1"))
-    elif "exo_pair" in pt.loss_types:
-        out.append(Problem("post_training.label_smoothing", "exo_pair needs label_smoothing > 0",
-                           "the EXO paper recommends label_smoothing: 0.001"))
-    if not method.uses_reference and pt.ref_model_id:
-        out.append(Problem("post_training.ref_model_id", f"{pt.method} is reference-free, so a reference model "
-                           "would not be used", "remove `ref_model_id`"))
+    """The method's own rules (dpokit/methods.py), then those that hold for every method."""
+    pt, lora = config.post_training, config.lora
+    out = get_method(pt.method).rules(config)
     if pt.ref_model_id and not pt.use_ref_model:
         out.append(Problem("post_training.ref_model_id", "is set but use_ref_model is false",
                            "set use_ref_model: true to use that reference, or remove ref_model_id"))
-    if pt.method == "kto" and config.training.per_device_train_batch_size < 2:
-        out.append(Problem("training.per_device_train_batch_size", "KTO needs at least 2 rows per device batch "
-                           "(its KL term pairs each prompt with another row's completion)",
-                           "set per_device_train_batch_size: 2 or more"))
-    if pt.precompute_ref_log_probs and not method.uses_reference:
-        out.append(Problem("post_training.precompute_ref_log_probs", f"{pt.method} has no reference model",
-                           "remove precompute_ref_log_probs"))
-    lora = config.lora
     if lora.use_dora and lora.bias != "none":
         out.append(Problem("lora.bias", "DoRA does not support training biases in PEFT", "set bias: none"))
     return out
@@ -154,7 +74,7 @@ def _evaluation_rules(config) -> list[Problem]:
             out.append(Problem("finetuning.early_stopping_patience", "needs load_best_model_at_end: true "
                                "(early stopping keeps the best checkpoint)", "set finetuning.load_best_model_at_end: true"))
     metric = ft.metric_for_best_model.removeprefix("eval_")
-    known = METHODS[config.post_training.method].metrics
+    known = get_method(config.post_training.method).metrics
     if metric not in known:
         import difflib
 
@@ -232,20 +152,23 @@ def device_problems(config, device: DeviceInfo | None = None) -> list[Problem]:
 
 
 def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = None) -> list[str]:
-    """The guide's tips as warnings for this config (nothing here stops a run)."""
+    """The guide's tips as warnings for this config (nothing here stops a run).
+
+    `n_train_rows`: training pairs after cleaning and the validation split, when known."""
+    from .schedule import schedule
+
     device = device or DeviceInfo.detect()
     t, pt = config.training, config.post_training
+    plan = schedule(config, device.cuda_devices, n_train_rows)
     notes = []
     if t.learning_rate > 1e-5:
         notes.append(f"learning_rate {t.learning_rate:g} > 1e-5: the guide warns of collapse with full fine-tuning; "
                      "LoRA tolerates more (the quickstart uses 1e-4), but watch for degenerate answers")
     if t.learning_rate < 1e-7:
         notes.append(f"learning_rate {t.learning_rate:g} < 1e-7: learning will be very slow")
-    n_proc = max(1, len(config.gpu.device_ids or []) if config.gpu.use_ddp else 1)
-    eff = t.per_device_train_batch_size * t.gradient_accumulation_steps * n_proc
-    if not 16 <= eff <= 32:
-        notes.append(f"effective batch size {eff} (= {t.per_device_train_batch_size} x {t.gradient_accumulation_steps}"
-                     f" x {n_proc} process(es)) is outside the guide's 16-32 for DPO")
+    if not 16 <= plan.effective_batch <= 32:
+        notes.append(f"effective batch size {plan.effective_batch} (= {plan.per_device_batch} x {plan.accumulation}"
+                     f" x {plan.world_size} process(es)) is outside the guide's 16-32 for DPO")
     if device.cuda_devices == 0 and t.bf16 and not device.cpu_bf16_native:
         notes.append("bf16 on a CPU without bfloat16 instructions (AVX512-BF16/AMX/Arm BF16) is emulated and "
                      "usually much slower than fp32" + (" (this CPU has none)" if device.cpu_bf16_native is False
@@ -258,21 +181,15 @@ def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = 
                      "fp32 here (16 s vs 33 s for 12 quickstart steps on a 2-core AVX512-BF16 CPU)")
     if t.fp16 and device.cuda_devices == 0 and config.gpu.on_missing == "cpu":
         notes.append("fp16 is ignored on the CPU fallback: training runs in fp32")
-    if not METHODS[pt.method].uses_reference and (pt.use_ref_model or pt.beta != 0.1):
-        notes.append(f"{pt.method} is reference-free: use_ref_model is not used, and beta is ORPO's λ "
-                     "(weight of the odds-ratio term)")
+    notes += get_method(pt.method).advice(config)
     if n_train_rows is not None:
         if n_train_rows < 1000:
             notes.append(f"{n_train_rows} training rows (< 1K): may overfit; watch eval loss, consider more epochs")
         elif n_train_rows > 100_000:
             notes.append(f"{n_train_rows} training rows (> 100K): subsample (dataset.max_samples) for faster iteration")
-    if t.max_steps is None and t.warmup_steps and n_train_rows:
-        steps = int(n_train_rows * t.num_epochs) // max(1, eff)
-        if t.warmup_steps >= steps:
-            notes.append(f"warmup_steps {t.warmup_steps} >= the ~{steps} optimizer steps: the learning rate never "
-                         "reaches its peak")
-    elif t.max_steps is not None and t.warmup_steps >= t.max_steps:
-        notes.append(f"warmup_steps {t.warmup_steps} >= max_steps {t.max_steps}: the learning rate never peaks")
+    if t.warmup_steps and plan.total_steps is not None and t.warmup_steps >= plan.total_steps:
+        limit = f"max_steps {t.max_steps}" if t.max_steps is not None else f"the ~{plan.total_steps} optimizer steps"
+        notes.append(f"warmup_steps {t.warmup_steps} >= {limit}: the learning rate never reaches its peak")
     if wanted := (config.gpu.device_ids or []):
         missing = [i for i in wanted if i >= device.cuda_devices]
         if missing and config.gpu.on_missing == "cpu":

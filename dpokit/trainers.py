@@ -2,27 +2,27 @@
 
 The guide's keys that TRL spells differently or no longer has are mapped here, explicitly:
 `max_seq_length` -> `max_length`; `max_prompt_length` / `max_completion_length` truncate the
-tokenized prompt (keeping its end) and completions (keeping their start) after TRL tokenizes;
-`gradient_checkpointing` -> `activation_checkpointing` where transformers renamed it;
-`lora_dropout` is restored after TRL's `disable_dropout` (which would otherwise zero it).
+tokenized prompt (keeping its end) and completions (keeping their start) after TRL tokenizes
+(dpokit/trl_hooks.py); `gradient_checkpointing` -> `activation_checkpointing` where transformers
+renamed it; `lora_dropout` is restored after TRL's `disable_dropout` (which would zero it).
+What differs between methods comes from the method's strategy object (dpokit/methods.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from .compat import checkpointing_kwargs, supported_kwargs
-from .methods import METHODS
+from .methods import get_method
 
 
 def training_kwargs(config, run_dir: Path, has_eval: bool, use_cpu: bool) -> dict:
     """Keyword arguments for the method's TRL config class, from the guide's sections."""
+    from .tracking import trainer_report_to
+
     t, ft, pt, lg = config.training, config.finetuning, config.post_training, config.logging
-    method = METHODS[pt.method]
+    method = get_method(pt.method)
     kw = dict(
         output_dir=str(run_dir),
         run_name=run_dir.name,
@@ -52,7 +52,7 @@ def training_kwargs(config, run_dir: Path, has_eval: bool, use_cpu: bool) -> dic
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         use_cpu=use_cpu,
-        report_to=[b for b in lg.report_to if b != "tensorboard"] or "none",
+        report_to=trainer_report_to(config),
         # transformers' `info` dumps whole model configs: keep the libraries one step quieter
         log_level={"debug": "info", "info": "warning"}.get(lg.log_level, lg.log_level),
         load_best_model_at_end=ft.load_best_model_at_end and has_eval,
@@ -64,14 +64,7 @@ def training_kwargs(config, run_dir: Path, has_eval: bool, use_cpu: bool) -> dic
         disable_tqdm=False,
     )
     kw.update(checkpointing_kwargs(method.config_class(), t.gradient_checkpointing))
-    if pt.method in ("dpo", "ipo"):
-        kw.update(loss_type=pt.loss_types, loss_weights=pt.loss_weights, label_smoothing=pt.label_smoothing,
-                  precompute_ref_log_probs=pt.precompute_ref_log_probs)
-    elif pt.method == "kto":
-        kw.update(loss_type="kto" if pt.loss_types == ["kto_pair"] else pt.loss_types[0],
-                  precompute_ref_log_probs=pt.precompute_ref_log_probs)
-    elif pt.method == "orpo":
-        kw.update(max_completion_length=t.max_completion_length)
+    kw.update(method.trl_kwargs(config))
     if config.gpu.use_ddp and t.gradient_checkpointing:
         kw["ddp_find_unused_parameters"] = False  # DDP + checkpointing + LoRA
     return kw
@@ -83,7 +76,7 @@ def _metric_name(metric: str) -> str:
 
 def build_training_args(config, run_dir: Path, has_eval: bool, use_cpu: bool):
     """The TRL config object for the method (every key it does not know is an error, not dropped)."""
-    cls = METHODS[config.post_training.method].config_class()
+    cls = get_method(config.post_training.method).config_class()
     kw, unknown = supported_kwargs(cls, training_kwargs(config, run_dir, has_eval, use_cpu))
     if unknown:  # API drift: a TRL/transformers upgrade removed an argument we pass
         raise RuntimeError(f"{cls.__name__} no longer accepts {unknown}; dpokit's mapping needs updating "
@@ -91,112 +84,11 @@ def build_training_args(config, run_dir: Path, has_eval: bool, use_cpu: bool):
     return cls(**kw)
 
 
-def truncate_ids(ids: list[int], limit: int | None, keep: str, bos_id: int | None = None) -> list[int]:
-    """Keep the first (`keep='start'`) or last (`keep='end'`) `limit` tokens; a leading BOS stays."""
-    if limit is None or len(ids) <= limit:
-        return ids
-    if keep == "start":
-        return ids[:limit]
-    if bos_id is not None and ids and ids[0] == bos_id and limit > 1:
-        return [bos_id] + ids[-(limit - 1):]
-    return ids[-limit:]
-
-
-class _TruncationMixin:
-    """After TRL tokenizes (DPO/KTO), apply the guide's max_prompt_length and max_completion_length."""
-
-    dpokit_limits: tuple[int | None, int | None] = (None, None)
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        max_prompt, max_completion = self.dpokit_limits
-        if max_prompt is None and max_completion is None:
-            return dataset
-        # KTO's KL_completion_ids are the batch's completions rotated by one: cut them the same way, or
-        # the KL estimate would see longer answers than the loss does.
-        completion_keys = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids")
-                           if k in dataset.column_names]
-        bos = getattr(self._tokenizer, "bos_token_id", None)
-
-        def cut(example):
-            out = {"prompt_ids": truncate_ids(example["prompt_ids"], max_prompt, "end", bos)}
-            for k in completion_keys:
-                out[k] = truncate_ids(example[k], max_completion, "start")
-            return out
-
-        return dataset.map(cut, desc=f"Truncating {dataset_name} prompts/completions (max_prompt_length, "
-                                     "max_completion_length)")
-
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        """TRL's reference pass (precompute_ref_log_probs), through dpokit's on-disk cache (refcache.py)."""
-        from .refcache import precompute_with_cache
-
-        parent = super()._precompute_ref_logps
-
-        def compute():
-            with completion_tokens_only():
-                return parent(dataset, name, batch_size)
-
-        return precompute_with_cache(self, dataset, name, compute)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        with completion_tokens_only():
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-
-class completion_tokens_only:
-    """Context in which TRL's fused LM head scores only the completion tokens on CPU too (same log-probs).
-
-    TRL projects every position through the LM head (prompt and padding too, then zeroes them)
-    unless the device runs Triton, to keep tile shapes fixed for compilers. Eager CPU has no such
-    constraint: skipping the positions it throws away made a CPU step ~20% faster and shrank the
-    head's temporaries by the prompt's share (benchmarks/bench_step.py).
-    """
-
-    def __enter__(self):
-        import trl.trainer.utils as trl_utils
-
-        self._original = getattr(trl_utils, "_use_triton", None)
-        if self._original is not None:  # a TRL without this switch is left as it is
-            original = self._original
-            trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-        return self
-
-    def __exit__(self, *exc):
-        import trl.trainer.utils as trl_utils
-
-        if self._original is not None:
-            trl_utils._use_triton = self._original
-        return False
-
-
-class _OrpoTruncation:
-    """ORPO tokenizes row by row; cut the prompt (keep its end) and completions (keep their start)."""
-
-    dpokit_limits: tuple[int | None, int | None] = (None, None)
-
-    def tokenize_row(self, feature, model=None):
-        row = super().tokenize_row(feature, model)
-        max_prompt, max_completion = self.dpokit_limits
-        n_prompt = len(row["prompt_input_ids"])
-        bos = getattr(self.processing_class, "bos_token_id", None)
-        prompt = truncate_ids(row["prompt_input_ids"], max_prompt, "end", bos)
-        row["prompt_input_ids"], row["prompt_attention_mask"] = prompt, [1] * len(prompt)
-        for side in ("chosen", "rejected"):
-            answer = truncate_ids(row[f"{side}_input_ids"][n_prompt:], max_completion, "start")
-            labels = truncate_ids(row[f"{side}_labels"][n_prompt:], max_completion, "start")
-            row[f"{side}_input_ids"] = prompt + answer
-            row[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
-            row[f"{side}_labels"] = [-100] * len(prompt) + labels
-        return row
-
-
 def trainer_class(method_name: str, limits: tuple[int | None, int | None] = (None, None)) -> type:
-    """The TRL trainer for a method, with dpokit's (max_prompt_length, max_completion_length) mixed in."""
-    base = METHODS[method_name].trainer_class()
-    mixin = _OrpoTruncation if method_name == "orpo" else _TruncationMixin
-    return type(f"Dpokit{base.__name__}", (mixin, base), {"dpokit_limits": limits})
+    """The TRL trainer for a method, with dpokit's hooks mixed in for (max_prompt_length, max_completion_length)."""
+    method = get_method(method_name)
+    base, hooks = method.trainer_class(), method.hooks()
+    return type(f"Dpokit{base.__name__}", (hooks, base), {"dpokit_limits": limits})
 
 
 def restore_lora_dropout(model, p: float) -> int:
@@ -213,20 +105,26 @@ def restore_lora_dropout(model, p: float) -> int:
     return n
 
 
-def build_trainer(config, model_spec, *, model, tokenizer, data, run_dir: Path, ref_model=None,
-                  callbacks=(), use_cpu: bool = True):
-    """A ready-to-train TRL trainer (DPO/KTO/ORPO) with the LoRA adapter from the config."""
+def build_trainer(config, *, model, tokenizer, data, run_dir: Path, ref_model=None, callbacks=(),
+                  use_cpu: bool = True):
+    """A ready-to-train TRL trainer (DPO/KTO/ORPO) with the LoRA adapter from the config.
+
+    Checks the installed library versions and TRL's private surface first (dpokit/trl_hooks.py),
+    and after construction that TRL resolved what the config asked for (`check_resolved`).
+    """
     from transformers import EarlyStoppingCallback
 
     from .models import lora_config
+    from .tracking import tracking_callbacks
 
-    method = METHODS[config.post_training.method]
+    method = get_method(config.post_training.method)
+    run_dir = Path(run_dir)
     args = build_training_args(config, run_dir, data.eval is not None, use_cpu)
     cls = trainer_class(method.name, (config.training.max_prompt_length, config.training.max_completion_length))
     cbs = list(callbacks)
     if config.finetuning.early_stopping_patience and data.eval is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=config.finetuning.early_stopping_patience))
-    cbs += tracking_callbacks(config, run_dir)
+    cbs += tracking_callbacks(config, run_dir.name)
     kwargs = dict(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                   processing_class=tokenizer, peft_config=lora_config(config.lora), callbacks=cbs)
     if method.uses_reference:
@@ -238,58 +136,11 @@ def build_trainer(config, model_spec, *, model, tokenizer, data, run_dir: Path, 
     return trainer
 
 
-def tracking_callbacks(config, run_dir: Path) -> list:
-    """TensorBoard writes under logging.logging_dir/<run name> (transformers 5 dropped logging_dir);
-    MLflow and W&B default to stores under logging_dir unless the user's environment says otherwise."""
-    out = []
-    logging_dir = Path(config.logging.logging_dir).expanduser().resolve()
-    if "tensorboard" in config.logging.report_to:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        out.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logging_dir / run_dir.name))))
-    if "mlflow" in config.logging.report_to:
-        uri = _default_env("MLFLOW_TRACKING_URI", (logging_dir / "mlruns").as_uri())
-        if uri.startswith("file:"):  # MLflow 3 refuses its local file store unless asked for explicitly
-            _default_env("MLFLOW_ALLOW_FILE_STORE", "true")
-    if "wandb" in config.logging.report_to:
-        logging_dir.mkdir(parents=True, exist_ok=True)
-        _default_env("WANDB_DIR", str(logging_dir))  # offline runs land in logging_dir/wandb/
-        _default_env("WANDB_PROJECT", "dpokit")
-        out.append(FinishWandbRun())
-    return out
-
-
-class FinishWandbRun(TrainerCallback):
-    """Close the W&B run when training ends (transformers leaves it open), so each model of a batch
-    gets its own run instead of logging into the first one."""
-
-    def on_train_end(self, args, state, control, **kwargs):
-        import wandb
-
-        if state.is_world_process_zero and wandb.run is not None:
-            wandb.finish()
-
-
-def _default_env(name: str, value: str) -> str:
-    """Set an environment variable a tracking library reads, unless the user set it; returns the value used.
-
-    A value dpokit set for an earlier run in the same process is replaced (a marker remembers it).
-    """
-    marker = f"DPOKIT_DEFAULT_{name}"
-    if os.environ.get(name) in (None, "", os.environ.get(marker)):
-        os.environ[name] = os.environ[marker] = value
-    return os.environ[name]
-
-
 def check_resolved(trainer, config) -> None:
     """Assert that what TRL will run is what the config asked for (no silent fallback)."""
     pt = config.post_training
     args = trainer.args
-    if pt.method in ("dpo", "ipo"):
-        got = list(getattr(trainer, "loss_types", args.loss_type))
-        if got != pt.loss_types:
-            raise RuntimeError(f"TRL resolved loss_type {got}, config asked for {pt.loss_types}")
+    get_method(pt.method).check_resolved(trainer, config)
     if abs(float(args.beta) - pt.beta) > 1e-12:
         raise RuntimeError(f"TRL resolved beta {args.beta}, config asked for {pt.beta}")
     if args.max_length != config.training.max_seq_length:

@@ -172,7 +172,7 @@ ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 
 
 def test_cpu_bf16_support_is_read_from_cpuinfo_flags():
-    from dpokit.rules import cpu_has_native_bf16
+    from dpokit.machine import cpu_has_native_bf16
 
     assert cpu_has_native_bf16(X86_BF16) is True
     assert cpu_has_native_bf16(X86_PLAIN) is False
@@ -188,7 +188,8 @@ def test_cpu_bf16_support_is_read_from_cpuinfo_flags():
     (False, False, None),
 ])
 def test_bf16_advice_on_cpu_follows_what_the_cpu_can_do(bf16, native, expected):
-    from dpokit.rules import DeviceInfo, advise
+    from dpokit.machine import DeviceInfo
+    from dpokit.rules import advise
 
     config = load_config(data={"models": [{"name": "m", "huggingface_id": "org/m"}],
                                "training": {"bf16": bf16}})

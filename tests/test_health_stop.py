@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from dpokit.run import checkpoint_is_complete, latest_checkpoint
+from dpokit.rundir import RunDir, checkpoint_is_complete
 from dpokit.testing import small_run_config, write_arithmetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_ctrl_c_saves_a_checkpoint_then_stops(tiny_llama_dir, tmp_path):
     assert "Ctrl-C: saving a checkpoint and stopping after this step" in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"
-    ckpt = latest_checkpoint(run)
+    ckpt = RunDir(run).latest_checkpoint()
     assert ckpt is not None and checkpoint_is_complete(ckpt), sorted(p.name for p in run.iterdir())
     step = int(ckpt.name.split("-")[1])
     assert 3 <= step < 5000 and step == summary["steps"]  # saved at the step it stopped on, long before the end
@@ -82,10 +82,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama_di
     run = Path(result.run_dir)
     summary = json.loads((run / "summary.json").read_text())
 
-    assert result.status == "failed" and summary["status"] == "stopped"
+    assert result.status == "stopped" and summary["status"] == "stopped"
     assert summary["stopped_reason"] == "non-finite loss (nan) at step 4"
     assert any("NaN/inf" in alarm for alarm in summary["health"])
     assert f"last good checkpoint: {run / 'checkpoint-3'}" in out
     assert not (run / "adapter").exists(), "weights that produced a NaN loss must not be saved as the result"
     assert [p.name for p in sorted(run.glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
-    assert latest_checkpoint(run) == run / "checkpoint-3"
+    assert RunDir(run).latest_checkpoint() == run / "checkpoint-3"

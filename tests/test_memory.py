@@ -79,7 +79,7 @@ def test_activation_term_matches_the_tensors_a_real_step_saves_for_backward(tiny
     from trl.trainer.utils import add_fused_lm_head
 
     from dpokit.models import lora_config
-    from dpokit.trainers import completion_tokens_only
+    from dpokit.trl_hooks import completion_tokens_only
 
     config = config_for(tiny_llama_dir, lora_dropout, targets=["q_proj", "k_proj", "v_proj", "o_proj"], r=8)
     est = estimate_memory(config, device="cpu")
@@ -182,7 +182,7 @@ def test_lm_head_scores_only_completion_tokens_with_the_same_loss(tiny_llama_dir
     config.training.output_dir = str(tmp_path / "runs")
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     data = load_preference_data(config, True)
-    trainer = build_trainer(config, config.models[0], model=load_model(str(tiny_llama_dir)), tokenizer=tokenizer,
+    trainer = build_trainer(config, model=load_model(str(tiny_llama_dir)), tokenizer=tokenizer,
                             data=data, run_dir=tmp_path / "run")
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
 

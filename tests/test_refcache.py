@@ -66,7 +66,7 @@ def build(config, tmp_path: Path):
     model.model.embed_tokens.register_forward_hook(lambda *a: calls.append(1))
     run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
     run_dir.mkdir()
-    trainer = build_trainer(config, spec, model=model, tokenizer=tokenizer, data=data, run_dir=run_dir)
+    trainer = build_trainer(config, model=model, tokenizer=tokenizer, data=data, run_dir=run_dir)
     return trainer, len(calls)
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from dpokit.run import checkpoint_is_complete, latest_checkpoint
+from dpokit.rundir import RunDir, checkpoint_is_complete
 from dpokit.testing import small_run_config, write_arithmetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     proc.wait()
     [run] = list((tmp_path / "killed" / "runs").iterdir())
     assert not (run / "adapter").exists(), "the run finished before it could be killed"
-    last_good = latest_checkpoint(run)
+    last_good = RunDir(run).latest_checkpoint()
     # A kill can land while the Trainer is writing the next checkpoint: leave such a half-written
     # folder (weights, no trainer_state.json) so the resume has to skip it.
     partial = run / f"checkpoint-{int(last_good.name.split('-')[1]) + 3}"
@@ -81,11 +81,9 @@ def test_latest_checkpoint_skips_half_written_ones(tmp_path):
         if state is not None:
             (ckpt / "trainer_state.json").write_text(state)
     assert [checkpoint_is_complete(run / f"checkpoint-{s}") for s in (3, 6, 9, 12)] == [True, True, False, False]
-    assert latest_checkpoint(run) == run / "checkpoint-6"
+    assert RunDir(run).latest_checkpoint() == run / "checkpoint-6"
 
-    from dpokit.run import set_aside_incomplete_checkpoints
-
-    moved = set_aside_incomplete_checkpoints(run)
+    moved = RunDir(run).set_aside_incomplete_checkpoints()
     assert sorted(p.name for p in moved) == ["incomplete-checkpoint-12", "incomplete-checkpoint-9"]
     assert (run / "incomplete-checkpoint-9" / "adapter_model.safetensors").read_bytes() == b"weights"
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-6", "incomplete-checkpoint-12",

@@ -34,7 +34,7 @@ def test_length_limits_cut_prompts_keeping_the_end_and_completions_keeping_the_s
     spec = config.models[0]
     tokenizer = load_tokenizer(spec.huggingface_id)
     data = load_preference_data(config, tokenizer.chat_template is not None)
-    trainer = build_trainer(config, spec, model=load_model(spec.huggingface_id), tokenizer=tokenizer, data=data,
+    trainer = build_trainer(config, model=load_model(spec.huggingface_id), tokenizer=tokenizer, data=data,
                             run_dir=tmp_path / "run")
     ds = trainer.train_dataset
     if method == "orpo":  # ORPO stores prompt + completion sequences with -100 on the prompt

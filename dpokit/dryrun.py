@@ -1,4 +1,4 @@
-"""`dpokit train --dry-run`: validate and explain a config without loading weights or training.
+"""`dpokit train --dry-run` (`dry_run`): validate and explain a config without loading weights or training.
 
 For each model: parameter counts and trainable LoRA parameters (from a weightless 'meta' model),
 the LoRA targets checked against the model, the detected data format and split sizes, one pair
@@ -8,22 +8,40 @@ cut, effective batch and steps, the reference model, and the guide's tips as war
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DataError, ModelError
-from .methods import METHODS
-from .rules import DeviceInfo, advise, device_problems
+from .machine import DeviceInfo
+from .methods import get_method
+from .rules import advise, device_problems
+from .schedule import schedule
 
 
-def explain(config, model_index: int | None = None, output_dir: str | None = None) -> int:
+@contextmanager
+def _no_dataset_progress_bars():
+    """datasets' progress bars off while the dry run loads data, restored afterwards."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def dry_run(config, model_index: int | None = None, output_dir: str | None = None) -> int:
     """Print the explanation; returns 2 if a model or the data cannot be used as configured, else 0."""
-    import datasets
-
     from .compat import quiet_library_noise
 
     quiet_library_noise(config.logging.log_level)
-    datasets.disable_progress_bars()
+    with _no_dataset_progress_bars():
+        return _dry_run(config, model_index, output_dir)
+
+
+def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
     device = DeviceInfo.detect()
     print("== resolved config (defaults < YAML < --set)\n")
     print(config.to_yaml())
@@ -45,7 +63,7 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
 
     spec = config.models[index]
     pt = config.post_training
-    method = METHODS[pt.method]
+    method = get_method(pt.method)
     print(f"== model {index}: {spec.name} ({spec.huggingface_id})")
     print(f"   method: {pt.method} — {method.summary}")
     if method.loss_types:
@@ -81,15 +99,7 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
 
 def _explain_reference(config, spec) -> None:
     pt = config.post_training
-    if not METHODS[pt.method].uses_reference:
-        print("   reference: none (ORPO is reference-free)")
-    elif pt.use_ref_model:
-        ref = pt.ref_model_id or spec.huggingface_id
-        print(f"   reference: a separate frozen copy of {ref} (costs its weights in memory; "
-              "use_ref_model: false reuses the base under the adapter)")
-    else:
-        print("   reference: the base model with the LoRA adapter switched off — not an SFT model; "
-              "no second copy in memory")
+    print(f"   reference: {get_method(pt.method).reference_note(config, spec.huggingface_id)}")
     if pt.precompute_ref_log_probs:
         print("   reference log-probs: computed once before training (precompute_ref_log_probs)")
 
@@ -141,16 +151,14 @@ def _explain_tokens(config, tokenizer, data) -> None:
 
 def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:
     t = config.training
-    n_proc = len(config.gpu.device_ids or [0]) if config.gpu.use_ddp else 1
-    eff = t.per_device_train_batch_size * t.gradient_accumulation_steps * n_proc
+    plan = schedule(config, device.cuda_devices, n_train)
     if t.max_steps is not None:
         steps = f"{t.max_steps} optimizer steps (max_steps)"
-    elif n_train:
-        steps = f"{math.ceil(n_train / eff) * t.num_epochs:g} optimizer steps ({t.num_epochs:g} epoch(s))"
+    elif plan.total_steps is not None:
+        steps = f"{plan.total_steps} optimizer steps ({t.num_epochs:g} epoch(s))"
     else:
         steps = "steps unknown until the data loads"
-    print(f"   schedule: effective batch {eff} = {t.per_device_train_batch_size} per device x "
-          f"{t.gradient_accumulation_steps} accumulation x {n_proc} process(es); {steps}")
+    print(f"   schedule: {plan.describe()}; {steps}")
     for note in advise(config, device, n_train):
         print(f"   ! {note}")
 
