@@ -193,7 +193,8 @@ def gpu_estimate(facts: ModelFacts, setup: GpuSetup) -> MemoryEstimate:
     if setup.optimizer.startswith("paged_") and not setup.cpu_offload:
         # Paged states live in CUDA unified memory: the driver moves them to CPU RAM while the backward
         # pass needs the room, and they need it back only for the optimizer step, after the activations are freed.
-        trainable["optimizer state"] = max(0.0, trainable["optimizer state"] - acts["activations"] - acts["LM-head tiles"])
+        transient = acts["activations"] + acts["LM-head tiles"]
+        trainable["optimizer state"] = max(0.0, trainable["optimizer state"] - transient)
     checkpointed = " (checkpointed)" if setup.gradient_checkpointing else ""
     terms = {
         "weights" + (" (shard)" if setup.strategy in ("fsdp", "zero3") else ""): resident,

@@ -146,17 +146,18 @@ def plan_launch(*, strategy: str, argv: list[str], device_ids: list[int] | None,
                 main_process_port: int | None = None, precision: str = "fp32", cpu_offload: bool = False,
                 fsdp_version: int = 2, user_accelerate_config: str | None = None,
                 deepspeed_config_file: str | None = None, config_dir: str | os.PathLike = ".",
-                python: str = sys.executable) -> LaunchPlan:
+                python: str = sys.executable, program: tuple[str, ...] = ("-m", "dpokit")) -> LaunchPlan:
     """How `dpokit <argv>` runs for a resolved `strategy` (see dpokit.scaling.resolve_strategy).
 
     `config_dir` is where the generated accelerate config will be written (`write_accelerate_config`);
     `precision` is the training precision (fp32 | bf16 | fp16). With `strategy == "single"` and no
-    device_ids there is nothing to launch: the plan has no commands.
+    device_ids there is nothing to launch: the plan has no commands. `program` is what each process
+    runs before `argv` (dpokit's CLI, or a script path).
     """
     multi = strategy != "single" or user_accelerate_config is not None or num_machines > 1
     n = processes_per_machine(device_ids, cuda_devices, multi)
     env = {LAUNCHED_ENV: "1", **device_env(device_ids if cuda_devices else None)}
-    module_args = ("-m", "dpokit", *argv)
+    module_args = (*program, *argv)
     if not multi:
         commands = ((python, *module_args),) if env.get("CUDA_VISIBLE_DEVICES") else ()
         return LaunchPlan("python", "single", 1, 1, 0, None, None, env, commands)

@@ -150,7 +150,8 @@ def _tip_batch(s, ctx, facts, usable, target):
     accumulation = max(1, round(ctx.accumulation * factor))
     return (replace(s, pairs_per_device=batch), replace(ctx, accumulation=accumulation),
             Change("smaller batch, more accumulation (same effective batch)",
-                   {"training.per_device_train_batch_size": batch, "training.gradient_accumulation_steps": accumulation}))
+                   {"training.per_device_train_batch_size": batch,
+                    "training.gradient_accumulation_steps": accumulation}))
 
 
 def _tip_lengths(s, ctx, facts, usable, target):
@@ -194,7 +195,8 @@ def _tip_reference(s, ctx, facts, usable, target):
                 Change("the reference is the policy with its adapter off (same numbers, no copy)",
                        {"post_training.use_ref_model": False}))
     return (replace(s, reference="precomputed"), ctx,
-            Change("reference log-probs computed once before training", {"post_training.precompute_ref_log_probs": True}))
+            Change("reference log-probs computed once before training",
+                   {"post_training.precompute_ref_log_probs": True}))
 
 
 def _tip_bf16(s, ctx, facts, usable, target):

@@ -71,7 +71,8 @@ def _file_problems(dist: DistributedSection) -> list[Problem]:
         overlap += ["num_machines"] if dist.num_machines != 1 else []
         for key in overlap:
             out.append(Problem(f"distributed.{key}", "is set together with distributed.accelerate_config, which is "
-                               "used as is", f"remove {key} (put it in your accelerate file) or remove accelerate_config"))
+                               "used as is",
+                               f"remove {key} (put it in your accelerate file) or remove accelerate_config"))
     if dist.deepspeed_config:
         path = Path(dist.deepspeed_config)
         if not path.is_file():

@@ -153,7 +153,8 @@ def test_reference_warnings_say_how_each_strategy_holds_it():
     assert "shards the separate reference" in text["zero3"] and "trl#669" in text["zero3"]
     assert "full reference copy" in text["zero2"] and "full reference copy" in text["ddp"]
     assert "prepare_fsdp" in text["fsdp"]
-    assert all(p.hint.startswith("with a LoRA policy, use_ref_model: false") for p in warnings_for({"strategy": "zero3"}))
+    hints = [p.hint for p in warnings_for({"strategy": "zero3"})]
+    assert all(h.startswith("with a LoRA policy, use_ref_model: false") for h in hints)
     assert warnings_for({"strategy": "zero3"}, use_ref_model=False) == []
     assert warnings_for({"strategy": "zero3"}, precompute=True) == []
 
