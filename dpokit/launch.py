@@ -37,6 +37,7 @@ class LaunchPlan:
     config_file: str | None  # the accelerate config path passed to `accelerate launch`
     env: dict[str, str] = field(default_factory=dict)  # added to the environment of every launcher
     commands: tuple[tuple[str, ...], ...] = ()  # commands[r] runs on machine r
+    machine_commands: tuple[tuple[str, ...], ...] = ()  # what the user types on machine r (several machines)
 
     @property
     def world_size(self) -> int:
@@ -169,7 +170,8 @@ def plan_launch(*, strategy: str, argv: list[str], device_ids: list[int] | None,
         commands = tuple((python, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--nnodes",
                           str(num_machines), "--node_rank", str(rank), "--master_addr", str(address),
                           "--master_port", port, *module_args) for rank in range(num_machines))
-        return LaunchPlan("torchrun", strategy, n, num_machines, machine_rank, None, None, env, commands)
+        return LaunchPlan("torchrun", strategy, n, num_machines, machine_rank, None, None, env, commands,
+                          _machine_commands(program, argv, num_machines))
     if user_accelerate_config is not None:
         config, path, custom = None, str(user_accelerate_config), "custom"
     else:
@@ -187,7 +189,15 @@ def plan_launch(*, strategy: str, argv: list[str], device_ids: list[int] | None,
         return LaunchPlan("accelerate", custom, n, 1, 0, None, path, env, commands)
     commands = tuple((*base, *(("--machine_rank", str(rank)) if num_machines > 1 else ()), *module_args)
                      for rank in range(num_machines))
-    return LaunchPlan("accelerate", custom, n, num_machines, machine_rank, config, path, env, commands)
+    return LaunchPlan("accelerate", custom, n, num_machines, machine_rank, config, path, env, commands,
+                      _machine_commands(program, argv, num_machines))
+
+
+def _machine_commands(program: tuple[str, ...], argv: list[str], num_machines: int) -> tuple[tuple[str, ...], ...]:
+    """The dpokit command to type on each machine: the same one, with that machine's rank."""
+    if num_machines == 1 or program != ("-m", "dpokit"):
+        return ()
+    return tuple(("dpokit", *argv, "--set", f"distributed.machine_rank={rank}") for rank in range(num_machines))
 
 
 def write_accelerate_config(plan: LaunchPlan) -> Path | None:
@@ -202,6 +212,19 @@ def write_accelerate_config(plan: LaunchPlan) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(plan.accelerate_config, sort_keys=False))
     return path
+
+
+def record_launch_config(run_dir: str | os.PathLike, environ=os.environ) -> Path | None:
+    """Copy the accelerate config this process was launched with into `run_dir` (call it on the main
+    process only), so the run directory says how the run was started. None when not launched by dpokit."""
+    from .files import atomic_write_text
+
+    source = environ.get(CONFIG_ENV)
+    if not source or not Path(source).is_file():
+        return None
+    target = Path(run_dir) / "accelerate_config.yaml"
+    atomic_write_text(target, Path(source).read_text())
+    return target
 
 
 def run_launch(plan: LaunchPlan) -> int:
@@ -228,6 +251,9 @@ def format_plan(plan: LaunchPlan) -> list[str]:
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
     for rank, command in enumerate(plan.commands):
         where = f"machine {rank}" if plan.num_machines > 1 else "command"
+        if plan.machine_commands:
+            lines.append(f"   on machine {rank} run: {shlex.join(plan.machine_commands[rank])}")
+            where = "   which starts"
         lines.append(f"   {where}: {(prefix + ' ') if prefix else ''}{shlex.join(command)}")
     if plan.accelerate_config is not None:
         lines.append(f"   accelerate config ({plan.config_file}):")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dpokit.launch import (CONFIG_ENV, LAUNCHED_ENV, accelerate_config, format_plan, plan_launch,
-                           processes_per_machine, write_accelerate_config)
+                           processes_per_machine, record_launch_config, write_accelerate_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,8 +152,10 @@ def test_two_machines_get_one_command_each_and_the_same_rendezvous(tmp_path):
         prepare_multi_gpu_env(args)
         assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", rank, "8")
         assert args.rdzv_endpoint == "10.0.0.1:29500"
+    assert plan.machine_commands[1] == ("dpokit", "train", "--config", "c.yaml", "--set", "distributed.machine_rank=1")
     text = "\n".join(format_plan(plan))
-    assert "machine 0:" in text and "machine 1:" in text and "zero_stage: 3" in text
+    assert "on machine 1 run: dpokit train --config c.yaml --set distributed.machine_rank=1" in text
+    assert "zero_stage: 3" in text
 
 
 def test_device_ids_are_applied_with_or_without_ddp(tmp_path):
@@ -165,6 +167,17 @@ def test_device_ids_are_applied_with_or_without_ddp(tmp_path):
     nothing = plan_launch(strategy="single", argv=["train"], device_ids=None, cuda_devices=4, config_dir=tmp_path)
     assert nothing.commands == () and format_plan(nothing) == ["launch: one process (no launcher)"]
     assert processes_per_machine(None, 8, True) == 8 and processes_per_machine(None, 0, True) == 1
+
+
+def test_the_run_directory_gets_a_copy_of_the_config_it_was_launched_with(tmp_path):
+    plan = plan_launch(strategy="fsdp", argv=["train"], device_ids=None, cuda_devices=2, config_dir=tmp_path / "l")
+    written = write_accelerate_config(plan)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    copied = record_launch_config(run_dir, plan.env)
+    assert copied == run_dir / "accelerate_config.yaml" and copied.read_text() == written.read_text()
+    assert yaml.safe_load(copied.read_text())["distributed_type"] == "FSDP"
+    assert record_launch_config(run_dir, {}) is None
 
 
 def test_a_users_accelerate_file_is_passed_as_is(tmp_path):
