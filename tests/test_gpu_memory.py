@@ -141,3 +141,41 @@ def test_the_lm_head_is_tiled_for_dpo_and_full_for_comparisons(llama8b):
     assert tiled == (4 * 256) * 32768 * 2 * 2 + 4 * 256 * 4096 * 4  # TRL's tile: bf16 buffer + gradient
     full = activation_terms(llama8b, setup(lm_head="full"))["LM-head tiles"]
     assert full == 4 * 256 * 128256 * (2 + 4 + 4)
+
+
+def held_bytes(model) -> int:
+    """Bytes a loaded model holds: every distinct parameter and buffer, plus bitsandbytes' quantization
+    constants (4-bit absmax, and its second level with double quantization; 8-bit row scales)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        key = None if t is None else (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key is not None and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+
+    for t in [*model.parameters(), *model.buffers()]:
+        add(t)
+        state = getattr(t, "quant_state", None)
+        if state is not None:
+            add(state.absmax)
+            add(state.state2.absmax if state.state2 is not None else None)
+        add(getattr(t, "SCB", None))
+    return total
+
+
+@pytest.mark.parametrize("load_in, double_quant", [("4bit", True), ("4bit", False), ("8bit", True)])
+def test_quantized_weight_terms_are_what_bitsandbytes_holds(embedded_model_dir, load_in, double_quant):
+    """SmolLM2-135M loaded by bitsandbytes' CPU backend and prepared for k-bit training, against the term."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoConfig
+
+    from dpokit.gpu_memory import weight_bytes
+    from dpokit.quantization import bnb_config, load_policy
+
+    quant = bnb_config(load_in, compute_dtype="bf16", double_quant=double_quant)
+    model = load_policy(str(embedded_model_dir), dtype="bf16", quantization_config=quant, cuda=False)
+    facts = model_facts(AutoConfig.from_pretrained(embedded_model_dir))
+    expected, _ = weight_bytes(facts, setup(quantization=load_in, double_quant=double_quant))
+    assert expected == pytest.approx(held_bytes(model), abs=4096)  # the rotary buffer is not a weight
