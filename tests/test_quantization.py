@@ -98,3 +98,39 @@ def test_a_quantized_dpo_step_trains_the_adapter_and_leaves_the_base_alone(tiny_
     trained = {n.replace(".default", ""): p for n, p in trainer.model.named_parameters() if "lora_" in n}
     assert saved.keys() == trained.keys()
     assert all(torch.allclose(saved[n].float(), trained[n].float()) for n in saved)
+
+
+def test_a_4bit_base_saves_the_same_activations_as_the_unquantized_one(tiny_llama_dir):
+    """What the planner assumes: quantization changes the weights, not what a step keeps for backward."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpokit.trainers import completion_tokens_only
+
+    def saved_bytes(model) -> int:
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+        model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+        model.train()
+        ids = torch.randint(0, 1000, (4, 96), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[-1, -3:] = 0
+        labels = ids.clone()
+        labels[:, :-32] = -100
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved: dict[int, int] = {}
+
+        def keep(t):
+            if t.untyped_storage().data_ptr() not in params:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), completion_tokens_only():
+            model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        return sum(saved.values())
+
+    quantized = load_policy(str(tiny_llama_dir), dtype="fp32", cuda=False,
+                            quantization_config=bnb_config("4bit", compute_dtype="fp32"))
+    assert saved_bytes(quantized) == saved_bytes(AutoModelForCausalLM.from_pretrained(tiny_llama_dir)) > 0
