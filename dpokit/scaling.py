@@ -42,8 +42,8 @@ class QuantizationSection(_Section):
                                               "paper's) or fp4.")
     compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Dtype 4-bit weights are dequantized to for each matmul; auto = the model dtype.")
-    double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bits "
-                               "per parameter).")
+    double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too: 0.127 instead "
+                               "of 0.5 bits per parameter (the QLoRA paper's double quantization).")
     quant_storage: Literal["auto", "uint8", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Dtype the packed 4-bit weights are stored in; auto = uint8, or the model dtype under "
         "FSDP / ZeRO-3 (which can only shard floating-point tensors).")
