@@ -77,7 +77,7 @@ def estimate(config: dict, name: str, gpus: int, model_config) -> int:
 
     from dpokit.config import load_config
     from dpokit.gpu_memory import gpu_estimate
-    from dpokit.planner import model_facts, setup_from_config
+    from dpokit.plan_inputs import model_facts, setup_from_config
     from dpokit.scaling import DistributedSection, QuantizationSection
 
     strategy, quant, offload, _ = STRATEGIES[name]
@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
     import torch
+    from bench_memory import fixed_length_rows  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    from common import write_rows
     from transformers import AutoConfig, AutoTokenizer
 
     from dpokit.models import resolve_model_path
-    from bench_memory import fixed_length_rows  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    from common import write_rows
 
     work = Path(tempfile.mkdtemp(prefix="dpokit-gpu-smoke-"))
     path = resolve_model_path(args.model)

@@ -60,7 +60,7 @@ PUBLISHED = [
 
 def published_rows() -> list[str]:
     from dpokit.gpu_memory import GpuSetup, gpu_estimate
-    from dpokit.planner import bundled_model_config, model_facts
+    from dpokit.plan_inputs import bundled_model_config, model_facts
 
     lines = ["| workload | planner, per GPU | published | source |", "|---|---|---|---|"]
     for label, model, settings, gpus, claim, source in PUBLISHED:
@@ -75,7 +75,8 @@ def published_rows() -> list[str]:
 def verdict_rows(config_path: str = "configs/dpo_example.yaml") -> list[str]:
     """The planner's verdicts for `config_path` with three model sizes on three targets."""
     from dpokit.config import load_config
-    from dpokit.planner import bundled_model_config, model_facts, parse_target, plan, setup_from_config
+    from dpokit.plan_inputs import bundled_model_config, model_facts, setup_from_config
+    from dpokit.planner import parse_target, plan
 
     setup, ctx = setup_from_config(load_config(ROOT / config_path, overrides={"logging.report_to": ["none"]}))
     targets = ["1x24GB", "1x80GB", "8x80GB"]

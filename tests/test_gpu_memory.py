@@ -11,7 +11,7 @@ import pytest
 from dpokit.gpu_memory import (COMM_BYTES, NF4_BYTES, NF4_DQ_BYTES, GpuSetup, activation_terms, gpu_estimate,
                                optimizer_state_bytes)
 from dpokit.memory import RUNTIME_BYTES, activation_bytes_per_token
-from dpokit.planner import bundled_model_config, model_facts
+from dpokit.plan_inputs import bundled_model_config, model_facts
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 

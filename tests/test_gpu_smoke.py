@@ -39,7 +39,7 @@ def test_strategies_needing_more_gpus_than_there_are_are_skipped(smoke):
 
 def test_every_strategy_is_a_valid_config_with_an_estimate(smoke, tiny_llama_dir, tmp_path):
     from dpokit.config import load_config
-    from dpokit.planner import bundled_model_config
+    from dpokit.plan_inputs import bundled_model_config
     from dpokit.scaling import DistributedSection, ModelLoadingSection, QuantizationSection
     from dpokit.scaling_rules import scaling_problems
 

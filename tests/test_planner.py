@@ -8,8 +8,8 @@ import pytest
 
 from dpokit.config import Config, load_config
 from dpokit.gpu_memory import GpuSetup, gpu_estimate
-from dpokit.planner import (GIB, HEADROOM, TIPS, Context, GpuTarget, _replay, bundled_model_config,
-                            format_verdict, model_facts, parse_target, plan, setup_from_config)
+from dpokit.plan_inputs import bundled_model_config, model_facts, setup_from_config
+from dpokit.planner import GIB, HEADROOM, TIPS, Context, GpuTarget, _replay, format_verdict, parse_target, plan
 from dpokit.scaling import DistributedSection, ModelLoadingSection, QuantizationSection
 
 
