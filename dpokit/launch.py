@@ -128,8 +128,9 @@ def accelerate_config(strategy: str, *, num_processes: int, num_machines: int = 
             fsdp["fsdp_reshard_after_forward"] = True
         config["fsdp_config"] = fsdp
     if strategy in ("zero2", "zero3"):
-        if deepspeed_config_file:
+        if deepspeed_config_file:  # the file decides precision too: accelerate refuses both
             ds = {"deepspeed_config_file": deepspeed_config_file}
+            config.pop("mixed_precision")
         else:
             ds = {"zero_stage": int(strategy[-1]),
                   "offload_optimizer_device": "cpu" if cpu_offload else "none",

@@ -123,6 +123,25 @@ def _device(offload) -> str:
     return str(getattr(offload.device, "value", offload.device)).rsplit(".", 1)[-1]
 
 
+def test_a_users_deepspeed_json_is_referenced_and_accepted_by_accelerate(tmp_path):
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    mine = tmp_path / "ds.json"
+    mine.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 3}}))
+    config = accelerate_config("zero3", num_processes=8, mixed_precision="bf16", deepspeed_config_file=str(mine))
+    assert "mixed_precision" not in config  # accelerate refuses it next to a DeepSpeed file
+    args, defaults, from_config = launcher_args(config, tmp_path)
+    args.deepspeed_fields_from_accelerate_config = ",".join(list(defaults.deepspeed_config) +
+                                                            (["mixed_precision"] if from_config else []))
+    _, env = prepare_deepspeed_cmd_env(args)
+    assert env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(mine)
+    with mock.patch.dict(os.environ, env):
+        plugin = DeepSpeedPlugin()
+    assert plugin.deepspeed_config["zero_optimization"]["stage"] == 3
+
+
 def test_a_deepspeed_typo_is_caught_by_deepspeeds_parser():
     pytest.importorskip("deepspeed")
     from deepspeed.runtime.config import DeepSpeedConfig
