@@ -88,7 +88,7 @@ def estimate(config: dict, name: str, gpus: int, model_config) -> int:
     return gpu_estimate(model_facts(model_config), replace(setup, world_size=world)).total
 
 
-def run_strategy(name: str, config_path: Path, gpus: int, work: Path) -> list[dict]:
+def run_strategy(name: str, config_path: Path, gpus: int, work: Path, precision: str) -> list[dict]:
     """Launch the worker for one strategy the way dpokit launches a run; per-rank results."""
     import os
     import subprocess
@@ -100,7 +100,7 @@ def run_strategy(name: str, config_path: Path, gpus: int, work: Path) -> list[di
     out = work / f"{name}.results"
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_launch(strategy=strategy, argv=["--worker", str(config_path), name, str(out)], device_ids=ids,
-                       cuda_devices=gpus, precision="bf16", cpu_offload=offload,
+                       cuda_devices=gpus, precision=precision, cpu_offload=offload,
                        fsdp_version=1 if quant == "4bit" else 2, config_dir=work / name,
                        program=(str(Path(__file__).resolve()),))
     write_accelerate_config(plan)
@@ -131,10 +131,11 @@ def worker(config_path: str, name: str, out_dir: str) -> None:
     run_dir = Path(config.training.output_dir) / f"{name}-rank{rank}"
     # The training arguments exist before the model loads, so transformers sees ZeRO-3 / FSDP while loading.
     keep_alive = build_training_args(config, run_dir, False, False)
-    storage = "bf16" if strategy in ("fsdp", "zero3") else "uint8"
-    quantization = bnb_config(quant, compute_dtype="bf16", quant_storage=storage)
+    dtype = "bf16" if config.training.bf16 else "fp32"  # GPUs without bfloat16 (e.g. T4) train in fp32
+    storage = dtype if strategy in ("fsdp", "zero3") else "uint8"
+    quantization = bnb_config(quant, compute_dtype=dtype, quant_storage=storage)
     torch.cuda.reset_peak_memory_stats()
-    model = load_policy(path, dtype="bf16", quantization_config=quantization, strategy=strategy, local_rank=local,
+    model = load_policy(path, dtype=dtype, quantization_config=quantization, strategy=strategy, local_rank=local,
                         cuda=True, gradient_checkpointing=True)
     times: list[float] = []
 
@@ -150,9 +151,10 @@ def worker(config_path: str, name: str, out_dir: str) -> None:
     import inspect
 
     spec = (config.models[0],) if "model_spec" in inspect.signature(build_trainer).parameters else ()
-    trainer = build_trainer(config, *spec, model=model, tokenizer=load_tokenizer(path),
-                            data=load_preference_data(config, True), run_dir=run_dir, callbacks=[StepTimer()],
-                            use_cpu=False)
+    tokenizer = load_tokenizer(path)
+    trainer = build_trainer(config, *spec, model=model, tokenizer=tokenizer,
+                            data=load_preference_data(config, bool(tokenizer.chat_template)), run_dir=run_dir,
+                            callbacks=[StepTimer()], use_cpu=False)
     trainer.train()
     del keep_alive
     figures = {"rank": rank, "strategy": name, "steps": len(times),
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{gpus} GPU(s): {torch.cuda.get_device_name()}; model {args.model}; work dir {work}")
     print(f"{'strategy':<15}{'GPUs':>5}{'step s':>9}{'peak GB (max over ranks)':>26}{'estimate GB':>13}{'ratio':>7}")
     for name in run:
-        results = run_strategy(name, config_path, gpus, work)
+        results = run_strategy(name, config_path, gpus, work, "bf16" if config["training"]["bf16"] else "fp32")
         est = estimate(config, name, gpus, model_config)
         if "error" in results[0]:
             print(f"{name:<15} failed:\n{results[0]['error']}")
