@@ -100,7 +100,8 @@ def resolve_quant_storage(quant: QuantizationSection, strategy: str | None, mode
 
 
 def resolve_strategy(dist: DistributedSection, use_ddp: bool) -> str:
-    """single | ddp | fsdp | zero2 | zero3 (a user's own accelerate file counts as what it says)."""
+    """single | ddp | fsdp | zero2 | zero3, from the section and gpu.use_ddp (with a user's accelerate
+    file the file decides how processes share the work; the launcher passes it on as is)."""
     if dist.strategy:
         return dist.strategy
     return "ddp" if use_ddp or dist.num_machines > 1 else "single"
