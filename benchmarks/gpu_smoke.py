@@ -148,11 +148,8 @@ def worker(config_path: str, name: str, out_dir: str) -> None:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
 
-    import inspect
-
-    spec = (config.models[0],) if "model_spec" in inspect.signature(build_trainer).parameters else ()
     tokenizer = load_tokenizer(path)
-    trainer = build_trainer(config, *spec, model=model, tokenizer=tokenizer,
+    trainer = build_trainer(config, model=model, tokenizer=tokenizer,
                             data=load_preference_data(config, bool(tokenizer.chat_template)), run_dir=run_dir,
                             callbacks=[StepTimer()], use_cpu=False)
     trainer.train()

@@ -4,7 +4,6 @@ so a DPO step through dpokit's TRL trainer is run on a tiny quantized model, wit
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 
@@ -46,9 +45,7 @@ def test_only_use_ref_model_true_loads_a_second_copy():
 def _trainer(config, **kwargs):
     from dpokit.trainers import build_trainer
 
-    # build_trainer takes the model's spec as a second argument in some versions of dpokit's trainer module
-    spec = (config.models[0],) if "model_spec" in inspect.signature(build_trainer).parameters else ()
-    return build_trainer(config, *spec, **kwargs)
+    return build_trainer(config, **kwargs)
 
 
 @pytest.mark.parametrize("load_in", ["4bit", "8bit"])
@@ -107,7 +104,7 @@ def test_a_4bit_base_saves_the_same_activations_as_the_unquantized_one(tiny_llam
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from dpokit.trainers import completion_tokens_only
+    from dpokit.trl_hooks import completion_tokens_only
 
     def saved_bytes(model) -> int:
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
