@@ -38,7 +38,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 def fixed_length_rows(tokenizer, n: int, prompt_tokens: int) -> list[dict]:
     """Chat rows whose prompt is as close to `prompt_tokens` as possible (never over) and whose
     completions are far longer than any limit, so truncation makes every sequence full length."""
-    from dpokit.data import tokenize_pair
+    from dpokit.tokens import tokenize_pair
 
     words = "the quick brown fox jumps over a lazy dog while seven wizards hex every jolly zebra".split()
 

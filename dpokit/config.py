@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,7 +25,8 @@ EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 class Section(BaseModel):
     """Strict base: unknown keys are errors, assignments are validated too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are refused for every number: `.inf` in YAML would pass a `gt=0` check and fail mid-training
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(Section):
@@ -121,6 +122,14 @@ class LoraSection(Section):
         default_factory=lambda: ["q_proj", "v_proj"],
         description="Module names to adapt (checked against the model), or 'all-linear'.",
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, v):
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not [t for t in v if t.strip()]):
+            raise ValueError("is empty, so LoRA would adapt nothing; list module names (e.g. [q_proj, v_proj]) "
+                             "or use 'all-linear'")
+        return v
     task_type: Literal["CAUSAL_LM"] = Field("CAUSAL_LM", description="PEFT task type; preference training here is causal LM.")
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale = alpha / sqrt(r).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
@@ -164,7 +173,8 @@ class TrainingSection(Section):
 
 
 class GpuSection(Section):
-    device_ids: list[int] | None = Field(None, description="GPU ids to use; null = what is visible.")
+    device_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="GPU ids to use; null = what "
+                                                                 "is visible.")
     use_ddp: bool = Field(False, description="One process per device with DistributedDataParallel (via accelerate).")
     on_missing: Literal["stop", "cpu"] = Field(
         "stop", description="When the requested GPUs are not there: stop with an error, or fall back to CPU."
@@ -221,7 +231,8 @@ class Config(Section):
     finetuning: FinetuningSection = Field(default_factory=FinetuningSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    seed: int = Field(42, description="Seed for data shuffling/splitting, LoRA init and training.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data shuffling/splitting, LoRA init and training "
+                      "(0 to 2**32-1, what numpy accepts).")
 
     @field_validator("models")
     @classmethod
@@ -241,13 +252,46 @@ class Config(Section):
 # ----------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely (no Python objects), with a clear error if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([Problem(str(path), "file not found", "check the path passed to --config")], str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError([Problem(f"{path}:{line}", f"is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} "
+                                   f"at offset {e.start})", "save the file as UTF-8")], str(path)) from None
+    except OSError as e:
+        raise ConfigError([Problem(str(path), f"cannot be read ({e.strerror or e})", "check the path and its "
+                                   "permissions")], str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except DuplicateKeyError as e:
+        raise ConfigError([Problem(f"{path}:{e.line}", f"the key '{e.key}' appears twice in the same section "
+                                   f"(first at line {e.first_line}); which value you meant cannot be known",
+                                   "keep one of them")], str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

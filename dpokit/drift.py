@@ -24,7 +24,7 @@ def token_drift(run_dir: str | Path | RunDir, num_prompts: int = 16, batch_size:
     the quantity DPO's beta puts a price on; 0 = no drift."""
     import torch
 
-    from .data import tokenize_pair
+    from .tokens import tokenize_pair
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     config = run.config()

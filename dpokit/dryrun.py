@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import DataError, ModelError
 from .machine import DeviceInfo
 from .methods import get_method
-from .rules import advise, device_problems
+from .rules import advise, device_problems, path_problems
 from .schedule import schedule
 
 
@@ -51,11 +51,16 @@ def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
         failures += _explain_model(config, i, device)
     root = Path(output_dir or config.training.output_dir).expanduser()
     print(f"\n== runs would be written under {root.resolve()} (a fresh directory per model; nothing is overwritten)")
+    paths = path_problems(config, output_dir)
+    for p in paths:
+        print(f"   ERROR: {p}")
     machine = device_problems(config, device)
     for p in machine:
         print(f"   ! on this machine the run would stop: {p}")
-    print("\n== dry run: no weights loaded, nothing trained" + (f"; {failures} model(s) have problems" if failures else ""))
-    return 2 if failures else 0
+    found = [f"{failures} model(s) have problems"] if failures else []
+    found += [f"{len(paths)} output folder(s) cannot be used"] if paths else []
+    print("\n== dry run: no weights loaded, nothing trained" + "".join(f"; {f}" for f in found))
+    return 2 if found else 0
 
 
 def _explain_model(config, index: int, device: DeviceInfo) -> int:
@@ -92,7 +97,7 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
     for note in data.notes:
         print(f"   data {note}")
     if tokenizer is not None:
-        _explain_tokens(config, tokenizer, data)
+        problem = max(problem, _explain_tokens(config, tokenizer, data))
     _explain_schedule(config, n_train, device)
     return problem
 
@@ -109,7 +114,7 @@ def _explain_weights(config, spec):
     # meta model, cached by config), not from wrapping it with PEFT: the same numbers
     # (tests/test_memory.py checks them against PEFT) without importing peft or, once cached, the
     # model's code.
-    from .memory import estimate_memory, format_estimate, lora_parameter_count, model_layout
+    from .memory import estimate_memory, fit_on_this_machine, format_estimate, lora_parameter_count, model_layout
     from .models import check_target_names, load_model_config, load_tokenizer
 
     model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
@@ -120,13 +125,18 @@ def _explain_weights(config, spec):
     print(f"   model: {layout.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
     index = next(i for i, m in enumerate(config.models) if m is spec)
-    for line in format_estimate(estimate_memory(config, index, model_config=model_config, layout=layout)):
+    estimate = estimate_memory(config, index, model_config=model_config, layout=layout)
+    for line in format_estimate(estimate):
         print(f"   {line}")
+    verdict = fit_on_this_machine(estimate)
+    if verdict:
+        print(f"   ! {verdict}")
     return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
 
 
-def _explain_tokens(config, tokenizer, data) -> None:
-    from .data import length_report, tokenize_pair
+def _explain_tokens(config, tokenizer, data) -> int:
+    """Print one rendered pair and what the length limits cut; 1 if the limits leave nothing to learn."""
+    from .tokens import length_report, length_verdict, tokenize_pair
 
     t = config.training
     row = data.train[0]
@@ -145,8 +155,12 @@ def _explain_tokens(config, tokenizer, data) -> None:
     if stats["double_bos"]:
         print(f"   ! {stats['double_bos']} rows start with BOS twice (the text already has one and the tokenizer "
               "adds another): strip it from the data")
-    if n and stats["completion_truncated"] > n / 2:
-        print("   ! most completions are truncated: raise max_completion_length or the model learns from fragments")
+    error, notes = length_verdict(t, stats)
+    for note in notes:
+        print(f"   ! {note}")
+    if error:
+        print(f"   ERROR: {error}")
+    return 1 if error else 0
 
 
 def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:

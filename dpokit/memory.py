@@ -271,3 +271,30 @@ def format_estimate(estimate: MemoryEstimate) -> list[str]:
 def relative_error(estimate: MemoryEstimate, measured_bytes: float) -> float:
     """Relative error |estimate - measured| / measured."""
     return abs(estimate.total - measured_bytes) / measured_bytes if measured_bytes else math.inf
+
+
+def machine_memory_bytes(device: str) -> int | None:
+    """Memory of this machine's training device: the first GPU's, or the CPU's RAM; None if unknown."""
+    if device == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().total
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def fit_on_this_machine(estimate: MemoryEstimate, available: int | None = None) -> str | None:
+    """A plain warning when the estimated peak (plus the libraries, on CPU) exceeds this machine's memory."""
+    available = available if available is not None else machine_memory_bytes(estimate.device)
+    if not available:
+        return None
+    need = estimate.total + (LIBRARIES_CPU_BYTES if estimate.device == "cpu" else 0)
+    where = "RAM" if estimate.device == "cpu" else "GPU memory"
+    if need > available:
+        return (f"will not fit: this run needs ~{_size(need)} and this machine has {_size(available)} of {where}; "
+                "follow the memory tips (smaller batch, shorter lengths, gradient checkpointing, use_ref_model: false)")
+    if need > 0.8 * available:
+        return f"tight: this run needs ~{_size(need)} of the {_size(available)} of {where} this machine has"
+    return None
+

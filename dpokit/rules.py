@@ -23,6 +23,7 @@ def check_rules(config) -> list[Problem]:
     problems += _tracking_rules(config)
     problems += _length_rules(config)
     problems += _resume_rules(config)
+    problems += _name_rules(config)
     if config.training.fp16 and config.training.bf16:
         problems.append(Problem("training.fp16", "fp16 and bf16 are both true; pick one precision",
                                 "bf16 on recent GPUs (A100, H100, RTX 30xx+), fp16 on older ones, neither on CPU"))
@@ -133,6 +134,42 @@ def _resume_rules(config) -> list[Problem]:
         return [Problem("finetuning.resume_from_checkpoint", f"'{r}' does not exist",
                         "give a checkpoint directory (run_dir/checkpoint-N), 'latest', or null")]
     return []
+
+
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows filesystems
+RUN_DIR_SUFFIX = len("-YYYYmmdd-HHMMSS-999")
+
+
+def _name_rules(config) -> list[Problem]:
+    """Run directories are named `<model>-<method>-<time>`: a name the filesystem refuses would fail after
+    the data loaded."""
+    out = []
+    for i, spec in enumerate(config.models):
+        length = len(f"{spec.name}-{config.post_training.method}".encode()) + RUN_DIR_SUFFIX
+        if length > NAME_MAX:
+            room = NAME_MAX - RUN_DIR_SUFFIX - len(config.post_training.method.encode()) - 1
+            out.append(Problem(f"models.{i}.name", f"is {len(spec.name.encode())} bytes long; its run directory name "
+                               f"would exceed the filesystem's {NAME_MAX} bytes", f"use at most {room} bytes"))
+    return out
+
+
+def path_problems(config, output_dir: str | None = None) -> list[Problem]:
+    """Output folders that are files or cannot be created here (checked without creating anything)."""
+    out = []
+    for where, value in (("training.output_dir", output_dir or config.training.output_dir),
+                         ("logging.logging_dir", config.logging.logging_dir)):
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
+            out.append(Problem(where, f"'{value}' is a file, not a folder", "point it at a folder (it is created "
+                               "if missing)"))
+            continue
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            out.append(Problem(where, f"'{value}' cannot be created: '{existing}' is a file", "choose another folder"))
+        elif existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            out.append(Problem(where, f"'{value}' cannot be written: no write permission in '{existing}'",
+                               "choose a folder you can write to"))
+    return out
 
 
 def device_problems(config, device: DeviceInfo | None = None) -> list[Problem]:

@@ -124,26 +124,15 @@ def find_resume_point(output_root: Path, model_name: str, method: str, setting: 
 
 
 def check_lengths(config, tokenizer, data, sample: int = 200) -> list[str]:
-    """Refuse limits that cut every prompt; warn when most completions are cut (before weights load)."""
-    from .data import length_report
+    """Refuse length limits that leave nothing to learn from; notes when most completions are cut."""
+    from .tokens import length_report, length_verdict
 
     t = config.training
     stats = length_report(tokenizer, data.train, t.max_prompt_length, t.max_completion_length, t.max_seq_length,
                           limit=sample)
-    n = stats["rows"]
-    if n and t.max_prompt_length and stats["prompt_truncated"] == n:
-        raise DataError(f"training.max_prompt_length: every prompt of the first {n} rows is longer than "
-                        f"{t.max_prompt_length} tokens (shortest {min(stats['prompt_len'])}); all would lose their "
-                        f"start. Raise max_prompt_length to at least {min(stats['prompt_len'])} (and max_seq_length "
-                        "with it), or shorten the prompts.")
-    notes = []
-    if n and stats["completion_truncated"] > n / 2:
-        notes.append(f"{stats['completion_truncated']} of {n} sampled pairs have a completion longer than "
-                     f"max_completion_length={t.max_completion_length}: they are cut, and the model learns from "
-                     "fragments; consider raising it")
-    if n and stats["total_truncated"]:
-        notes.append(f"{stats['total_truncated']} of {n} sampled pairs exceed max_seq_length={t.max_seq_length} "
-                     "after the prompt/completion limits and lose their end")
+    error, notes = length_verdict(t, stats)
+    if error:
+        raise DataError(error)
     return notes
 
 
@@ -322,8 +311,12 @@ def train(config, model_index: int | None = None, output_dir: str | None = None)
     """Train the config's models one after another (or only `model_index`); see the module docstring."""
     from .compat import check_versions
     from .data import load_preference_data
+    from .rules import path_problems
 
     check_versions()
+    problems = path_problems(config, output_dir)
+    if problems:
+        raise ConfigError(problems)
     output_root = Path(output_dir or config.training.output_dir).expanduser()
     indices = [model_index] if model_index is not None else list(range(len(config.models)))
     load_preference_data(config, True)  # bad data stops here, before any model is loaded (exit 2)

@@ -14,7 +14,7 @@ import importlib
 from typing_extensions import override
 
 from .compat import check_versions, installed_versions
-from .data import truncate_ids
+from .tokens import truncate_ids
 from .errors import EnvironmentProblem
 
 # (module, attribute path) of every private name the hooks below rely on.

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from dpokit.config import load_config
-from dpokit.data import load_preference_data, split_hh_dialogue, tokenize_pair
+from dpokit.data import load_preference_data
+from dpokit.pairs import split_hh_dialogue
+from dpokit.tokens import tokenize_pair
 from dpokit.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
