@@ -1,15 +1,32 @@
 """Command line: argument parsing only; every command calls the public API.
 
-Exit status: 0 success, 1 if any model failed, 2 for config/data/environment problems
-(explained in plain words, without a traceback unless --debug).
+Exit status: 0 success, 1 if any model failed (or an unexpected error), 2 for config/data/environment
+problems (explained in plain words, without a traceback unless --debug), 128 + the signal number when
+a signal stopped training after a checkpoint (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+TRUST_HELP = ("let the run's model run its own Python code (needed when its config has trust_remote_code: true; "
+              "a run directory never passes that trust on by itself)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the config's models (or explain them with --dry-run)")
     train.add_argument("--config", help="YAML config (see configs/)")
     train.add_argument("--resume", metavar="RUN_DIR", default=None,
-                       help="continue an interrupted run from its latest checkpoint (uses its resolved_config.yaml)")
+                       help="continue an unfinished run from its latest checkpoint, with its own resolved_config.yaml")
+    train.add_argument("--extend", action="store_true",
+                       help="with --resume and a larger --set training.max_steps (or num_epochs): train further, from "
+                       "the run's last checkpoint, in a new run directory (the run itself is never rewritten)")
     train.add_argument("--model-index", type=int, default=None, help="train only models[N] (0-based)")
     train.add_argument("--dry-run", action="store_true", help="validate and explain; load no weights, train nothing")
     train.add_argument("--output-dir", default=None, help="override training.output_dir")
@@ -31,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="before/after answers of a finished run (base vs trained adapter)")
     ev.add_argument("--run", required=True, help="a run directory written by `dpokit train`")
-    ev.add_argument("--num-prompts", type=int, default=None, help="held-out prompts to answer")
-    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--num-prompts", type=positive_int, default=None, help="held-out prompts to answer")
+    ev.add_argument("--max-new-tokens", type=positive_int, default=None)
+    ev.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     ev.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     rep = sub.add_parser("report", help="one comparison page (Markdown + PNG plots) of one or more runs")
@@ -47,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="new (or empty) directory to write")
     exp.add_argument("--merge", action="store_true", help="fold the adapter into the base weights: a plain "
                      "transformers model, loadable without PEFT")
+    exp.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     exp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     ch = sub.add_parser("chat", help="type prompts, read the trained model's answers (greedy)")
     ch.add_argument("run_dir", metavar="RUN_DIR", help="a completed run directory")
     ch.add_argument("--compare", action="store_true", help="show the base model's answer next to the trained one")
-    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.add_argument("--max-new-tokens", type=positive_int, default=128)
+    ch.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     ch.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -62,8 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     debug = args.debug or os.environ.get("DPOKIT_DEBUG") == "1"
-    from .errors import DpokitError
+    from .compat import quiet_import_noise
+    from .errors import DpokitError, RunInterrupted
 
+    quiet_import_noise()
+
+    def on_sigterm(signum, frame):  # outside training (where a checkpoint is saved first): stop now, recorded
+        raise RunInterrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return _dispatch(args)
     except DpokitError as e:
@@ -71,9 +104,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"\nerror: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    except Exception as e:  # a bug or an unforeseen environment problem: say it plainly
+        if debug:
+            raise
+        print(f"\nerror: unexpected {type(e).__name__}: {e}\n(run again with --debug for the traceback, and "
+              "please report it)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args) -> int:
@@ -83,12 +126,13 @@ def _dispatch(args) -> int:
     if args.command == "eval":
         from .evaluate import evaluate_run, print_report
 
-        print_report(evaluate_run(args.run, args.num_prompts, args.max_new_tokens))
+        print_report(evaluate_run(args.run, args.num_prompts, args.max_new_tokens,
+                                  trust_remote_code=args.trust_remote_code))
         return 0
     if args.command == "report":
-        from .report import expand_run_dirs, write_report
+        from .report import expand_run_dirs, readable_runs, write_report
 
-        runs = expand_run_dirs(args.run_dirs)
+        runs = readable_runs(expand_run_dirs(args.run_dirs), explicit=args.run_dirs)
         out = args.out or (runs[0] / "report.md" if len(runs) == 1
                            else Path(os.path.commonpath([str(r) for r in runs])) / "report.md")
         print(f"report: {write_report(runs, out)}")
@@ -96,17 +140,27 @@ def _dispatch(args) -> int:
     if args.command == "export":
         from .export import export_run
 
-        print(f"exported: {export_run(args.run_dir, args.out, merge=args.merge)}")
+        print(f"exported: {export_run(args.run_dir, args.out, merge=args.merge, trust_remote_code=args.trust_remote_code)}")
         return 0
     if args.command == "chat":
         from .export import chat
 
-        chat(args.run_dir, compare=args.compare, max_new_tokens=args.max_new_tokens)
+        chat(args.run_dir, compare=args.compare, max_new_tokens=args.max_new_tokens,
+             trust_remote_code=args.trust_remote_code)
         return 0
 
     overrides = dict(parse_override(o) for o in args.overrides)
     if args.command == "train" and args.resume:
-        args.config, args.model_index, overrides = _resume_target(args.resume, overrides)
+        if args.config or args.output_dir:
+            flag = "--config" if args.config else "--output-dir"
+            raise ConfigError([Problem(flag, "cannot be combined with --resume: a run continues with its own "
+                                       "resolved_config.yaml, in its own output folder",
+                                       "drop it (use --set KEY=VALUE for what may change), or start a new run "
+                                       "with --config")], "command line")
+        args.config, args.model_index, overrides = _resume_target(args.resume, overrides, args.extend)
+    elif args.command == "train" and args.extend:
+        raise ConfigError([Problem("--extend", "only goes with --resume RUN_DIR", "dpokit train --resume RUN_DIR "
+                                   "--extend --set training.max_steps=N")], "command line")
     elif args.command == "train" and not args.config:
         raise ConfigError([Problem("--config", "is required", "dpokit train --config configs/quickstart.yaml "
                                    "(or --resume RUN_DIR to continue a run)")], "command line")
@@ -134,9 +188,11 @@ def _dispatch(args) -> int:
     return 2
 
 
-def _resume_target(run_dir: str, overrides: dict):
+def _resume_target(run_dir: str, overrides: dict, extend: bool):
     """(config path, model index, overrides) that continue `run_dir` from its latest checkpoint."""
+    from .config import load_config
     from .errors import ConfigError, Problem
+    from .resume import EXTENDING, config_differences
     from .rundir import CONFIG_FILE, RunDir
 
     run = RunDir(run_dir)
@@ -148,7 +204,26 @@ def _resume_target(run_dir: str, overrides: dict):
                                    "point it at outputs/<model>-<method>-<time>/ of a run that saved a checkpoint")],
                           "command line")
     config = run.config()
-    index = config.models.index(run.model_spec(config))
+    spec = run.model_spec(config)
+    changed = config_differences(config, load_config(resolved, overrides=overrides), spec.name)
+    extends = sorted(k for k in changed if k in EXTENDING)
+    status, steps = run.effective_status(), run.summary().get("steps")
+    if status == "stale":
+        print(f"note: {run.name} was not finished: {run.stale_reason()}; continuing it", flush=True)
+    if status == "completed" and not extend:
+        raise ConfigError([Problem("--resume", f"{run} is completed ({steps} steps, adapter saved); resuming would "
+                                   "train into a finished run", "to train further, add --extend and a larger "
+                                   "--set training.max_steps=N: it continues from the last checkpoint in a new run "
+                                   "directory and leaves this one as it is")], "command line")
+    if extends and not extend:
+        raise ConfigError([Problem("--set", f"changes {', '.join(extends)}: that trains the run further than it "
+                                   "was started for", "add --extend to continue in a new run directory (this run "
+                                   "stays as it is)")], "command line")
+    if extend and not extends:
+        raise ConfigError([Problem("--extend", "needs more steps than the run was started with",
+                                   "add --set training.max_steps=N (or training.num_epochs) with a larger value")],
+                          "command line")
+    index = config.models.index(spec)
     return str(resolved), index, {**overrides, "finetuning.resume_from_checkpoint": str(ckpt)}
 
 

@@ -69,6 +69,27 @@ def supported_kwargs(config_cls, kwargs: dict) -> tuple[dict, list[str]]:
     return {k: v for k, v in kwargs.items() if k in names}, [k for k in kwargs if k not in names]
 
 
+class _BelowError:
+    """logging filter: keep only ERROR and above (for loggers whose level a library resets on import)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        import logging
+
+        return record.levelno >= logging.ERROR
+
+
+def quiet_import_noise() -> None:
+    """Silence what optional libraries print while being imported, before they are: bitsandbytes' note
+    about an optional CPU kernel package, DeepSpeed's "Setting accelerator to CPU". Errors still show."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    deepspeed = logging.getLogger("DeepSpeed")  # DeepSpeed sets this logger's level when it is imported
+    if not any(isinstance(f, _BelowError) for f in deepspeed.filters):
+        deepspeed.addFilter(_BelowError())
+
+
 def quiet_library_noise(log_level: str = "info") -> None:
     """Keep deprecation chatter of the pinned libraries out of the user's console.
 

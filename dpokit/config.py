@@ -83,6 +83,8 @@ class PostTrainingSection(Section):
         "policy with its LoRA adapter switched off (no second copy).",
     )
     ref_model_id: str | None = Field(None, description="Separate reference model; null = the policy's base model.")
+    ref_model_trust_remote_code: bool = Field(False, description="Allow ref_model_id's own Python code to run "
+                                              "(the policy's trust_remote_code does not carry over to it).")
     precompute_ref_log_probs: bool = Field(
         False, description="Compute reference log-probs once before training (and cache them across runs)."
     )

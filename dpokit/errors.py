@@ -47,3 +47,12 @@ class ModelError(DpokitError):
 
 class EnvironmentProblem(DpokitError):
     """The machine or installed packages cannot do what the config asks."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (SIGINT = Ctrl-C, SIGTERM = what `timeout`, Docker, Slurm and
+    Kubernetes send) after saving a checkpoint. The CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int = 2):
+        super().__init__(signum)
+        self.signum = signum

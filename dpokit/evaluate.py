@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import DpokitError
 from .rundir import EVAL_FILE, SAMPLES_FILE, RunDir
 
 
@@ -74,13 +75,18 @@ def outside_task_check(base_answers: list[str], trained_answers: list[str], prom
 
 
 def evaluate_run(run_dir: str | Path | RunDir, num_prompts: int | None = None,
-                 max_new_tokens: int | None = None) -> dict:
-    """Evaluate a finished run (base vs trained adapter); writes eval.json and samples.md."""
+                 max_new_tokens: int | None = None, trust_remote_code: bool = False) -> dict:
+    """Evaluate a finished run (base vs trained adapter); writes eval.json and samples.md.
+
+    `trust_remote_code`: let the run's model run its own code (a run directory never passes that on)."""
     from .compat import quiet_library_noise
     from .judge import judge_many
     from .tasks import OUTSIDE_TASK_PROMPTS
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if run.stale_reason() and not run.adapter_dir.exists():
+        raise DpokitError(f"--run: {run} was not finished: {run.stale_reason()}. Continue it with "
+                          f"`dpokit train --resume {run}`, then evaluate it")
     run.require_adapter()
     config = run.config()
     quiet_library_noise(config.logging.log_level)
@@ -88,7 +94,7 @@ def evaluate_run(run_dir: str | Path | RunDir, num_prompts: int | None = None,
     max_new = max_new_tokens or config.evaluation.max_new_tokens
     start = time.perf_counter()
 
-    model, tokenizer = run.load_trained()
+    model, tokenizer = run.load_trained(trust_remote_code=trust_remote_code)
     prompts, specs = heldout_prompts(config, n)
     outside = list(OUTSIDE_TASK_PROMPTS)
     questions = prompts + [q for q, _ in outside]

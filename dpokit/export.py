@@ -20,14 +20,28 @@ from .errors import DpokitError
 from .rundir import RunDir
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False) -> Path:
+def check_export_target(run: RunDir, out: Path) -> None:
+    """An export writes a new (or empty) folder outside the run; never onto a file or into a run."""
+    if out.exists() and not out.is_dir():
+        raise DpokitError(f"--out: {out} is a file; give a new folder to write the export into")
+    if out.exists() and any(out.iterdir()):
+        raise DpokitError(f"--out: {out} exists and is not empty; choose a new directory (nothing is overwritten)")
+    source = run.path.resolve()
+    if out == source or source in out.parents:
+        raise DpokitError(f"--out: {out} is inside the run directory {source}; choose a folder outside it "
+                          "(a run directory is never changed)")
+    inside_run = next((p for p in out.parents if RunDir(p).is_run()), None)
+    if inside_run is not None:
+        raise DpokitError(f"--out: {out} is inside another run directory ({inside_run}); choose a folder outside it")
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, trust_remote_code: bool = False) -> Path:
     """Write the run's adapter + tokenizer (or, with merge, a full merged model + tokenizer) to out_dir."""
     run = RunDir(Path(run_dir).expanduser().resolve())
     run.require_adapter()
     summary = run.summary()
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
-        raise DpokitError(f"--out: {out} exists and is not empty; choose a new directory (nothing is overwritten)")
+    check_export_target(run, out)
     spec = run.model_spec()
     model_id = spec.huggingface_id
     info = {"source_run": str(run), "base_model": model_id, "merged": merge, "method": summary.get("method"),
@@ -42,7 +56,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False) ->
 
     quiet_library_noise()
     print(f"   merging the adapter into {model_id} ...", flush=True)
-    model, tokenizer = run.load_trained()
+    model, tokenizer = run.load_trained(trust_remote_code=trust_remote_code)
     merged = model.merge_and_unload()
     merged.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -58,13 +72,13 @@ def _write_info(out: Path, info: dict, how: str) -> None:
 class ChatModel:
     """A finished run's model in memory: answers with the adapter on (trained) or off (base)."""
 
-    def __init__(self, run_dir: str | Path, max_new_tokens: int = 128):
+    def __init__(self, run_dir: str | Path, max_new_tokens: int = 128, trust_remote_code: bool = False):
         from .compat import quiet_library_noise
 
         quiet_library_noise()
         run = RunDir(Path(run_dir).expanduser().resolve())
         self.run_dir, self.max_new_tokens = run.path, max_new_tokens
-        self.model, self.tokenizer = run.load_trained()
+        self.model, self.tokenizer = run.load_trained(trust_remote_code=trust_remote_code)
 
     def answer(self, prompt: str, base: bool = False) -> str:
         """Greedy answer to one user message (base=True: the adapter switched off)."""
@@ -81,10 +95,10 @@ class ChatModel:
 
 
 def chat(run_dir: str | Path, compare: bool = False, max_new_tokens: int = 128,
-         stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+         stdin: TextIO | None = None, stdout: TextIO | None = None, trust_remote_code: bool = False) -> int:
     """Answer each line read from stdin until 'exit' or end of input (Ctrl-D); returns prompts answered."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    session = ChatModel(run_dir, max_new_tokens)
+    session = ChatModel(run_dir, max_new_tokens, trust_remote_code=trust_remote_code)
     interactive = stdin.isatty()
     print(f"Chatting with {session.run_dir.name}" + (" (base model answers first)" if compare else "")
           + ". One prompt per line; 'exit' or Ctrl-D ends.", file=stdout, flush=True)

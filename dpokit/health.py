@@ -60,27 +60,34 @@ def health_alarms(history: list[dict], total_steps: int | None = None) -> list[s
 
 
 class HealthWatch(TrainerCallback):
-    """Stops on a non-finite loss (before anything is saved at that step) and on Ctrl-C (after a checkpoint)."""
+    """Stops on a non-finite loss (before anything is saved at that step), and on Ctrl-C or SIGTERM after
+    saving a checkpoint at the current step (a second signal stops at once)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.stopped_reason: str | None = None
-        self._interrupted = False
-        self._previous_handler = None
+        self.signum: int | None = None  # the signal that stopped training
+        self._previous_handlers: dict[int, object] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        try:
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread (e.g. some notebook runners): Ctrl-C raises as usual
-            self._previous_handler = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread (e.g. some notebook runners): signals act as usual
+                pass
 
-    def _on_sigint(self, signum, frame):
-        if self._interrupted:  # second Ctrl-C: stop right away
-            raise KeyboardInterrupt
-        self._interrupted = True
-        print("\nCtrl-C: saving a checkpoint and stopping after this step (press again to abort now)", flush=True)
+    def _on_signal(self, signum, frame):
+        from .errors import RunInterrupted
+
+        if self.signum is not None:  # second signal: stop right away
+            raise RunInterrupted(signum)
+        self.signum = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: saving a checkpoint and stopping after this step (again to abort now)", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._interrupted:
+        if self.signum is not None:
             self.stopped_reason = "interrupted"
             control.should_save = True
             control.should_training_stop = True
@@ -96,6 +103,6 @@ class HealthWatch(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()

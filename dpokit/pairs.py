@@ -246,6 +246,19 @@ def refusal_message(refused: list[str]) -> str:
             "(dataset.prompt_column / chosen_column / rejected_column). Rows are counted from 0 in file order.")
 
 
+def _output_features(dataset, keep: list[str], fmt: str, as_chat: bool):
+    """The normalised columns' types, given explicitly: a column that keeps its name must not keep its old
+    type (numbers read as text would be cast back to numbers)."""
+    from datasets import Features, List, Value
+
+    text = Value("string")
+    messages = List({"role": text, "content": text})
+    chat = fmt.startswith("conversational") or (as_chat and fmt in ("explicit", "implicit"))
+    features = {"prompt": messages if chat else text, "chosen": messages if chat else text,
+                "rejected": messages if chat else text, "problem": text, "refused": text}
+    return Features({**{k: dataset.features[k] for k in keep}, **features})
+
+
 def normalise(dataset, ds_cfg, as_chat: bool):
     """Map columns, convert to prompt/chosen/rejected, drop (and count) unusable rows, refuse garbage."""
     columns = list(dataset.column_names)
@@ -257,7 +270,7 @@ def normalise(dataset, ds_cfg, as_chat: bool):
     # never reuse datasets' cache here: its fingerprint does not see changes inside _normalise_row
     mapped = dataset.map(lambda row, i: _normalise_row(row, i, fmt, cols, as_chat), with_indices=True,
                          load_from_cache_file=False, remove_columns=[c for c in columns if c not in keep],
-                         desc="Normalising pairs")
+                         features=_output_features(dataset, keep, fmt, as_chat), desc="Normalising pairs")
     refused = [r for r in mapped["refused"] if r]
     if refused:
         raise DataError(refusal_message(refused))

@@ -87,7 +87,12 @@ def load_run(run_dir: str | Path) -> RunRecord:
         raise DpokitError(f"RUN_DIR: {run.path} is not a dpokit run directory (no summary.json); "
                           "give a directory written by `dpokit train`")
     config_file = run.file(CONFIG_FILE)
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DpokitError(f"{config_file}: damaged ({str(e).splitlines()[0]})") from None
+    if not isinstance(config or {}, dict):
+        raise DpokitError(f"{config_file}: damaged (not a mapping of config sections)")
     record = RunRecord(run.path, run.summary(), run.metrics(), config or {}, run.read_json(EVAL_FILE))
     record.label = record.summary.get("model") or run.name
     return record
@@ -167,6 +172,27 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
                 continue
         out.append(p)
     return out
+
+
+def readable_runs(run_dirs: list[Path], explicit: list[str | Path] = ()) -> list[Path]:
+    """The runs that can be read. A damaged run found inside a folder is skipped with a warning; one named
+    explicitly (in `explicit`) is an error."""
+    import sys
+
+    named = {Path(p).expanduser().resolve() for p in explicit}
+    ok = []
+    for run in run_dirs:
+        try:
+            load_run(run)
+            ok.append(run)
+        except DpokitError as e:
+            if Path(run).resolve() in named:
+                raise
+            print(f"warning: skipping {run}: {e}", file=sys.stderr)
+    if not ok:
+        raise DpokitError(f"report: none of {len(run_dirs)} run director{'y' if len(run_dirs) == 1 else 'ies'} "
+                          "could be read")
+    return ok
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
@@ -252,7 +278,7 @@ def _metrics_table(runs: list[RunRecord]) -> list[str]:
             method = f"{method} ({'+'.join(loss)})"
         ev = r.evaluation or s.get("eval") or {}
         passed = (f"{ev['base_score']:.1f}% → {ev['trained_score']:.1f}%" if "base_score" in ev else "")
-        status = s.get("status", "?") + (f": {_cell(s['error'], 80)}" if s.get("error") else "")
+        status = (RunDir(r.path).effective_status() or "?") + (f": {_cell(s['error'], 80)}" if s.get("error") else "")
         rows.append([r.label, status, method, s.get("steps", ""), s.get("train_runtime_s", ""),
                      *(_num(final.get(k)) for k in cols[5:11]), passed])
     return _table(cols, rows)

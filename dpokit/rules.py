@@ -37,6 +37,10 @@ def _method_rules(config) -> list[Problem]:
     if pt.ref_model_id and not pt.use_ref_model:
         out.append(Problem("post_training.ref_model_id", "is set but use_ref_model is false",
                            "set use_ref_model: true to use that reference, or remove ref_model_id"))
+    if pt.ref_model_trust_remote_code and not pt.ref_model_id:
+        out.append(Problem("post_training.ref_model_trust_remote_code", "is set but there is no ref_model_id",
+                           "set ref_model_id, or remove ref_model_trust_remote_code (the policy's own "
+                           "models[].trust_remote_code covers its base model)"))
     if lora.use_dora and lora.bias != "none":
         out.append(Problem("lora.bias", "DoRA does not support training biases in PEFT", "set bias: none"))
     return out

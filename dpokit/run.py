@@ -11,7 +11,7 @@ Statuses: completed, failed, stopped (the health watch stopped it), interrupted 
 
 from __future__ import annotations
 
-import re
+import signal
 import sys
 import time
 import traceback
@@ -23,10 +23,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .console import is_rank_zero, say
-from .errors import ConfigError, DataError, DpokitError, Problem
+from .errors import ConfigError, DataError, DpokitError, RunInterrupted
 from .files import atomic_write_json
 from .methods import get_method
-from .rundir import CONFIG_FILE, ENVIRONMENT_FILE, RunDir, checkpoint_is_complete, checkpoint_step
+from .rundir import CONFIG_FILE, ENVIRONMENT_FILE, RunDir, fresh_dir, this_process
 
 
 @dataclass
@@ -84,45 +84,6 @@ def final_metrics(history: list[dict]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- where a run goes
-
-
-def latest_run_with_checkpoint(output_root: Path, model_name: str, method: str) -> tuple[RunDir, Path] | None:
-    """The newest run of exactly this model and method under `output_root` that has a complete checkpoint.
-
-    Names are matched literally (`<model>-<method>-<YYYYmmdd-HHMMSS>[-N]`), never as a pattern."""
-    pattern = re.compile(re.escape(f"{model_name}-{method}-") + r"\d{8}-\d{6}(?:-\d+)?")
-    root = Path(output_root).expanduser()
-    runs = [RunDir(p) for p in (root.iterdir() if root.is_dir() else []) if p.is_dir() and pattern.fullmatch(p.name)]
-    for run in sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True):
-        ckpt = run.latest_checkpoint()
-        if ckpt is not None:
-            return run, ckpt
-    return None
-
-
-def find_resume_point(output_root: Path, model_name: str, method: str, setting: str | None):
-    """(run to continue in, checkpoint) for `finetuning.resume_from_checkpoint`, or (None, None)."""
-    if not setting:
-        return None, None
-    if setting != "latest":
-        ckpt = Path(setting).expanduser().resolve()
-        if not checkpoint_is_complete(ckpt):
-            latest = RunDir(ckpt.parent).latest_checkpoint() if ckpt.parent.is_dir() else None
-            raise ConfigError([Problem("finetuning.resume_from_checkpoint",
-                                       f"{ckpt} is not a complete checkpoint (no readable trainer_state.json; "
-                                       "a process killed while saving leaves such a folder)",
-                                       f"use {latest}" if latest else "use 'latest' or a checkpoint-N folder "
-                                       "that has trainer_state.json")])
-        return RunDir(ckpt.parent), ckpt
-    found = latest_run_with_checkpoint(output_root, model_name, method)
-    if found is None:
-        raise ConfigError([Problem("finetuning.resume_from_checkpoint",
-                                   f"'latest': no checkpoint of {model_name}-{method} under {output_root}",
-                                   "train once first, or set resume_from_checkpoint: null")])
-    return found
-
-
 def check_lengths(config, tokenizer, data, sample: int = 200) -> list[str]:
     """Refuse length limits that leave nothing to learn from; notes when most completions are cut."""
     from .tokens import length_report, length_verdict
@@ -149,6 +110,7 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
     from .compat import quiet_library_noise
     from .distributed import shared_value
     from .machine import DeviceInfo
+    from .resume import plan_resume
     from .rules import device_problems
 
     quiet_library_noise(config.logging.log_level)
@@ -160,26 +122,36 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
         problems = device_problems(config, device_info)
         if problems:
             raise ConfigError(problems)
-        resume_run, ckpt = find_resume_point(output_root, spec.name, pt.method, config.finetuning.resume_from_checkpoint)
-        run = resume_run or (RunDir.create(output_root, spec.name, pt.method) if is_rank_zero() else None)
+        plan = plan_resume(config, spec, output_root)
+        ckpt = plan.checkpoint if plan else None
+        if plan and plan.in_place:
+            run = plan.source
+        elif is_rank_zero():
+            run = RunDir.create(output_root, spec.name, pt.method)
         run = RunDir(shared_value(str(run) if run else None))  # one directory for all processes of a DDP run
         say(f"\n== {spec.name} ({spec.huggingface_id}) · {pt.method} {pt.loss_types or ''} -> {run}")
         if spec.trust_remote_code:
             say("   trust_remote_code: true — this model's own Python code will run")
-        if resume_run:
+        if plan and plan.in_place:
             say(f"   resuming from {ckpt}")
             if is_rank_zero():
                 for moved in run.set_aside_incomplete_checkpoints():
                     say(f"   set aside a checkpoint the previous process did not finish writing: {moved.name}")
-            run.trim_metrics(checkpoint_step(ckpt))
+            run.trim_metrics(plan.step)
         else:
             run.write_text(CONFIG_FILE, config.to_yaml())
-        run.write_summary({"status": "running", "model": spec.name, "run_dir": str(run)})
-        return _train_model(config, spec, run, ckpt, device_info.device)
+            record = {"status": "running", "model": spec.name, "run_dir": str(run), "process": this_process()}
+            if plan:  # a finished run, or more steps: continue from its checkpoint here, leaving it as it is
+                record["extends"] = {"run": str(plan.source), "checkpoint": str(ckpt), "step": plan.step,
+                                     "changes": {k: list(v) for k, v in plan.changes.items()}}
+                say(f"   continuing {plan.source.name} from step {plan.step} in this new run directory "
+                    f"({plan.source.name} stays as it is)")
+            run.write_summary(record)
+        return _train_model(config, spec, run, plan, device_info.device)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         detail = str(e) if isinstance(e, DpokitError) else f"{type(e).__name__}: {e}"
-        if run is not None and run.file("summary.json").exists():
+        if run is not None and _owns(run):  # never touch a record this process did not start
             stopped = run.summary().get("stopped_reason")
             run.update_summary(status="interrupted" if interrupted else "failed",
                                error=stopped if interrupted and stopped else detail)
@@ -190,9 +162,12 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
                          summary={"traceback": traceback.format_exc()})
 
 
-def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> RunResult:
+def _train_model(config, spec, run: RunDir, plan, device: str) -> RunResult:
     """Load, train, record and (when asked) evaluate one model in `run`."""
+    ckpt = plan.checkpoint if plan else None
     tokenizer, data = _prepare_data(config, spec, run, device)
+    resumes = run.summary().get("resumes", []) + ([{"from": str(ckpt), "at": _now()}] if plan and plan.in_place else [])
+    run.mark_running(**({"resumes": resumes} if resumes else {}))  # only now: the checks above passed
     trainer, watch = _build(config, spec, run, tokenizer, data, device)
     from .tracking import tracking_environment
 
@@ -202,14 +177,14 @@ def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> R
     summary = _finish(config, spec, run, trainer, watch, tokenizer, output, time.perf_counter() - start, ckpt, device)
     if summary["status"] != "completed":
         if summary["status"] == "interrupted":
-            raise KeyboardInterrupt
+            raise RunInterrupted(watch.signum or signal.SIGINT)
         return RunResult(model=spec.name, status=summary["status"], run_dir=str(run), error=watch.stopped_reason,
                          summary=summary)
     del trainer
     if wants_evaluation(config) and is_rank_zero():
         from .evaluate import evaluate_run, print_report
 
-        result = evaluate_run(run)
+        result = evaluate_run(run, trust_remote_code=spec.trust_remote_code)  # this config's own setting
         print_report(result)
         summary["eval"] = {k: v for k, v in result.items() if k not in ("outside_task", "samples", "per_family")}
         summary["eval"]["outside_task_lost"] = result["outside_task"]["lost"]
@@ -249,8 +224,9 @@ def _build(config, spec, run: RunDir, tokenizer, data, device: str):
     ref_model = None
     if method.uses_reference:
         say(f"   reference: {method.reference_note(config, spec.huggingface_id)}")
-        if pt.use_ref_model:
-            ref_model = load_model(pt.ref_model_id or spec.huggingface_id, spec.trust_remote_code)
+        if pt.use_ref_model:  # a separate reference model is trusted only by its own setting
+            trust = pt.ref_model_trust_remote_code if pt.ref_model_id else spec.trust_remote_code
+            ref_model = load_model(pt.ref_model_id or spec.huggingface_id, trust)
     watch = HealthWatch()
     trainer = build_trainer(config, model=model, tokenizer=tokenizer, data=data, run_dir=run.path,
                             ref_model=ref_model, callbacks=[MetricsLogger(run), watch], use_cpu=device == "cpu")
@@ -275,6 +251,8 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
     if status == "stopped":
         say(f"   stopped: {watch.stopped_reason}; last good checkpoint: {run.latest_checkpoint() or 'none saved yet'}")
     summary = {
+        **run.summary(),  # what the run recorded so far (process, resumes, what it extends)
+        "error": None,
         "status": status,
         "model": spec.name,
         "huggingface_id": spec.huggingface_id,
@@ -300,6 +278,17 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
     return summary
 
 
+def _owns(run: RunDir) -> bool:
+    """True when this process started (or resumed) the run's current record."""
+    import os
+
+    return run.status == "running" and (run.summary().get("process") or {}).get("pid") == os.getpid()
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
 def _free_device_memory() -> None:
     import torch
 
@@ -321,14 +310,29 @@ def train(config, model_index: int | None = None, output_dir: str | None = None)
     indices = [model_index] if model_index is not None else list(range(len(config.models)))
     load_preference_data(config, True)  # bad data stops here, before any model is loaded (exit 2)
     results = [run_one(config, i, output_root) for i in indices]
-    if len(config.models) > 1 and model_index is None:
-        if is_rank_zero():
-            atomic_write_json(output_root / "batch_summary.json", {
-                "finished": datetime.now().isoformat(timespec="seconds"),
-                "models": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in results],
-            })
-        if is_rank_zero() and any(r.run_dir for r in results):  # one comparison page (dpokit/report.py)
-            from .report import write_report
-
-            say(f"\n== report: {write_report([r.run_dir for r in results if r.run_dir], output_root / 'report.md')}")
+    if len(config.models) > 1 and model_index is None and is_rank_zero():
+        write_batch_record(output_root, results)
     return results
+
+
+def batch_records(output_root: str | Path) -> list[Path]:
+    """The batch folders (`batch-<time>/`, holding batch_summary.json and report.md) under output_root, oldest first."""
+    root = Path(output_root).expanduser()
+    return sorted((p for p in root.glob("batch-*") if (p / "batch_summary.json").is_file()),
+                  key=lambda p: p.stat().st_mtime)
+
+
+def write_batch_record(output_root: Path, results: list[RunResult]) -> Path:
+    """The batch's own folder `batch-<time>/` under output_root: batch_summary.json and the comparison page
+    report.md (dpokit/report.py). A later or concurrent batch into the same output_dir gets its own."""
+    from .report import write_report
+
+    batch = fresh_dir(output_root, "batch")
+    atomic_write_json(batch / "batch_summary.json", {
+        "finished": _now(),
+        "models": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in results],
+    })
+    say(f"\n== batch record: {batch / 'batch_summary.json'}")
+    if any(r.run_dir for r in results):
+        say(f"== report: {write_report([r.run_dir for r in results if r.run_dir], batch / 'report.md')}")
+    return batch

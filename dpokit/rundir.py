@@ -9,6 +9,8 @@ main process of a multi-process run writes.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,17 +61,7 @@ class RunDir:
     @classmethod
     def create(cls, output_root: str | Path, model_name: str, method: str) -> "RunDir":
         """A fresh directory `<model>-<method>-<timestamp>[-N]`; an existing one is never reused."""
-        output_root = Path(output_root).expanduser()
-        output_root.mkdir(parents=True, exist_ok=True)
-        base = f"{model_name}-{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        for i in range(1, 1000):
-            candidate = output_root / (base if i == 1 else f"{base}-{i}")
-            try:
-                candidate.mkdir()
-                return cls(candidate)
-            except FileExistsError:
-                continue
-        raise RuntimeError(f"could not create a fresh run directory under {output_root}")
+        return cls(fresh_dir(output_root, f"{model_name}-{method}"))
 
     @property
     def name(self) -> str:
@@ -101,11 +93,15 @@ class RunDir:
             atomic_write_text(self.file(name), text)
 
     def read_json(self, name: str, default: Any = None) -> Any:
-        """The parsed file, or `default` when it does not exist."""
+        """The parsed file, or `default` when it does not exist; a damaged file is a DpokitError naming it."""
         path = self.file(name)
         if not path.exists():
             return default
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DpokitError(f"{path}: damaged ({_reason(e)}); this run's record cannot be read. Restore the file "
+                              "or train again (nothing was changed)") from None
 
     # ------------------------------------------------------------------ summary and status
     def summary(self) -> dict:
@@ -125,13 +121,49 @@ class RunDir:
     def status(self) -> str | None:
         return self.summary().get("status")
 
+    def mark_running(self, **fields) -> dict:
+        """Record that this process trains the run now (pid, host, start), keeping the rest of the summary."""
+        return self.update_summary(status="running", process=this_process(), **fields)
+
+    def stale_reason(self) -> str | None:
+        """Why a run whose summary says `running` is not running any more (killed outright, out of disk ...),
+        or None when it is not `running` or its process is still alive (or on another machine)."""
+        summary = self.summary()
+        if summary.get("status") != "running":
+            return None
+        proc = summary.get("process") or {}
+        if proc.get("host") not in (None, socket.gethostname()):
+            return None  # cannot see another machine's processes
+        if process_alive(proc.get("pid"), proc.get("started")):
+            return None
+        return (f"its summary says 'running' but process {proc.get('pid', '?')} that trained it is gone "
+                "(killed outright, out of memory or disk?)")
+
+    def effective_status(self) -> str | None:
+        """The summary's status, or 'stale' for a `running` run whose process is gone."""
+        return "stale" if self.stale_reason() else self.status
+
     # ------------------------------------------------------------------ metrics
     def metrics(self) -> list[dict]:
-        """Every record of metrics.jsonl (across resumes), in order."""
+        """Every record of metrics.jsonl (across resumes), in order. A half-written last line (a process
+        killed while appending) is left out; a damaged line elsewhere is a DpokitError naming it."""
         path = self.file(METRICS_FILE)
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                     if line.strip()]
+        except UnicodeDecodeError as e:
+            raise DpokitError(f"{path}: damaged ({_reason(e)})") from None
+        records = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i == len(lines) - 1 and not path.read_text(encoding="utf-8").endswith("\n"):
+                    break  # the last record was being written when the process died
+                raise DpokitError(f"{path}:{n}: damaged ({e.msg}); remove or repair that line") from None
+        return records
 
     def append_metrics(self, record: dict) -> None:
         if is_rank_zero():
@@ -195,9 +227,12 @@ class RunDir:
                               "give the directory of a completed `dpokit train` run")
         return self.adapter_dir
 
-    def load_trained(self, device: str | None = None):
+    def load_trained(self, device: str | None = None, trust_remote_code: bool = False):
         """(PeftModel with the run's adapter, tokenizer), in eval mode on `device` (default: the GPU if
-        there is one, else the CPU). With the adapter switched off it is the base model."""
+        there is one, else the CPU). With the adapter switched off it is the base model.
+
+        A run directory may come from someone else: its `trust_remote_code: true` is not inherited, the
+        caller must pass `trust_remote_code=True` (the CLI's --trust-remote-code) to let the model's code run."""
         import torch
         from peft import PeftModel
 
@@ -205,16 +240,71 @@ class RunDir:
 
         adapter = self.require_adapter()
         spec = self.model_spec()
+        if spec.trust_remote_code and not trust_remote_code:
+            raise DpokitError(f"{self.path}: its model {spec.huggingface_id} runs its own Python code "
+                              "(trust_remote_code: true in its resolved_config.yaml). A run directory does not pass "
+                              "that trust on: add --trust-remote-code (Python: trust_remote_code=True) if you trust "
+                              f"{spec.huggingface_id}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
         base = load_model(spec.huggingface_id, spec.trust_remote_code, device=device)
-        return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer
+        try:
+            model = PeftModel.from_pretrained(base, str(adapter))
+        except Exception as e:  # truncated safetensors, invalid adapter_config.json, wrong shapes ...
+            raise DpokitError(f"{adapter}: the adapter cannot be loaded ({type(e).__name__}: {_reason(e)}); the "
+                              "file is damaged or belongs to another model. Use the run's checkpoint-N/ or train "
+                              "again") from None
+        return model.eval(), tokenizer
 
     def heldout(self, n: int, config=None):
         """Up to `n` rows never trained on (dpokit.data.heldout_rows of the run's config)."""
         from .data import heldout_rows
 
         return heldout_rows(config or self.config(), n)
+
+
+def fresh_dir(parent: str | Path, prefix: str) -> Path:
+    """Create and return a new folder `<prefix>-<YYYYmmdd-HHMMSS>[-N]` under `parent`; an existing one (made
+    by an earlier or a concurrent process) is never reused."""
+    parent = Path(parent).expanduser()
+    parent.mkdir(parents=True, exist_ok=True)
+    base = f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for i in range(1, 1000):
+        candidate = parent / (base if i == 1 else f"{base}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh folder {base}-N under {parent}")
+
+
+def this_process() -> dict:
+    """What identifies this process later: pid, host and its start time (pids are reused)."""
+    import psutil
+
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "started": round(psutil.Process(pid).create_time(), 2)}
+
+
+def process_alive(pid: int | None, started: float | None) -> bool:
+    """True if the process `pid` that started at `started` still runs on this machine."""
+    import psutil
+
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(int(pid))
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
+    except psutil.AccessDenied:  # it exists, under another user
+        return True
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
 
 
 def find_runs(output_root: str | Path) -> list[RunDir]:

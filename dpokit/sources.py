@@ -92,6 +92,11 @@ def _load_files(builder: str, files: list[Path]):
 
     import datasets
 
+    for f in files:  # the readers accept invalid UTF-8 and fail later, far from the file
+        problem = utf8_problem(f) if builder in ("json", "csv") else None
+        if problem:
+            raise DataError(f"dataset.name: could not read {f}: {problem}; save it as UTF-8")
+
     # datasets logs its own traceback for unreadable files; ours is the message the user needs
     ds_logger = logging.getLogger("datasets")
     level = ds_logger.level
@@ -125,23 +130,38 @@ def _find_culprit(builder: str, files: list[Path], error: Exception) -> tuple[Pa
     return files[0], _first_line(error)
 
 
+def _read_bytes(path: Path) -> bytes:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+def utf8_problem(path: Path) -> str | None:
+    """'line N: not UTF-8 text ...' for a file that is not UTF-8, else None (unreadable files too)."""
+    try:
+        raw = _read_bytes(path)
+        raw.decode("utf-8")
+    except (OSError, EOFError):
+        return None  # the reader reports these itself
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        return f"line {line}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r})"
+    return None
+
+
 def diagnose_file(path: Path) -> str | None:
     """What is wrong with a JSON / JSON-lines file, naming the line; None if nothing is found.
 
     Checks that it is UTF-8, that every line of a .jsonl file is one JSON object, and that a column
     holds the same kind of value (text, number, list, object) on every line."""
     jsonl = not path.name.endswith((".json", ".json.gz"))
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+        raw = _read_bytes(path)
     except (OSError, EOFError) as e:
         return f"cannot be read ({e})"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        return f"line {line}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r})"
+    if problem := utf8_problem(path):
+        return problem
+    text = raw.decode("utf-8")
     if not jsonl:
         try:
             json.loads(text)

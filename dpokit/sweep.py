@@ -43,18 +43,20 @@ def run_grid(config, points: list[dict[str, Any]], output_dir: str | Path, num_p
     done = [r["run_dir"] for r in rows if r["status"] == "completed"]
     if done:
         judged = judge_runs(done, num_prompts or config.evaluation.num_prompts,
-                            max_new_tokens or config.evaluation.max_new_tokens, drift=drift)
+                            max_new_tokens or config.evaluation.max_new_tokens, drift=drift,
+                            trust_remote_code=config.models[0].trust_remote_code)
         table = table.merge(judged, on="run_dir", how="left")
     return table
 
 
 def judge_runs(run_dirs: list[str | Path], num_prompts: int, max_new_tokens: int = 48,
-               drift: bool = True) -> "pd.DataFrame":
+               drift: bool = True, trust_remote_code: bool = False) -> "pd.DataFrame":
     """Greedy answers of each run's adapter on held-out prompts, judged; one row per run.
 
     The base model's answers (adapter off) are generated once per base model and data, not once per
     run. Columns: base_score / trained_score (percent passed, embedded task only), wins / losses
-    against the base, degenerate (answers with degeneration flags), drift_kl, and the answers."""
+    against the base, degenerate (answers with degeneration flags), drift_kl, and the answers.
+    `trust_remote_code`: let the runs' models run their own code (a run directory never passes that on)."""
     import pandas as pd
 
     from .drift import token_drift
@@ -64,7 +66,7 @@ def judge_runs(run_dirs: list[str | Path], num_prompts: int, max_new_tokens: int
     rows, base_answers = [], {}
     for run in map(RunDir, run_dirs):
         config = run.config()
-        model, tokenizer = run.load_trained()
+        model, tokenizer = run.load_trained(trust_remote_code=trust_remote_code)
         prompts, specs = heldout_prompts(config, num_prompts)
         key = (model.peft_config["default"].base_model_name_or_path, config.dataset.name, config.dataset.subset,
                config.seed)

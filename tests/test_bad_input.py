@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dpokit.cli import main
+from dpokit.run import batch_records
 
 GOOD_ROWS = [{"prompt": f"What is {a} + 1?", "chosen": str(a + 1), "rejected": f"Maybe {a + 5}, I think."}
              for a in range(20)]
@@ -207,7 +208,8 @@ def test_a_broken_model_in_a_batch_is_recorded_and_the_others_still_run(tiny_lla
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(path)]) == 1
-    batch = json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
+    [record] = batch_records(tmp_path / "runs")
+    batch = json.loads((record / "batch_summary.json").read_text())
     status = {m["model"]: m for m in batch["models"]}
     assert status["broken"]["status"] == "failed" and "does not exist" in status["broken"]["error"]
     assert status["tiny"]["status"] == "completed"

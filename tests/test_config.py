@@ -199,3 +199,9 @@ def test_bf16_advice_on_cpu_follows_what_the_cpu_can_do(bf16, native, expected):
         assert notes == []
     else:
         assert len(notes) == 1 and expected in notes[0], notes
+
+
+def test_readme_config_table_is_the_schema():
+    """The README's key table is generated from the schema (dpokit.config.schema_reference): keep it so."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert schema_reference() in readme, "regenerate the README's config table from schema_reference()"

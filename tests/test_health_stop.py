@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dpokit.rundir import RunDir, checkpoint_is_complete
 from dpokit.testing import small_run_config, write_arithmetic_pairs
 
@@ -24,7 +26,10 @@ def logged_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_ctrl_c_saves_a_checkpoint_then_stops(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("signum, exit_code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_a_checkpoint_then_stops(tiny_llama_dir, tmp_path, signum, exit_code, name):
+    """Ctrl-C in a terminal, and SIGTERM (what `timeout`, Docker, Slurm and Kubernetes send)."""
     data = write_arithmetic_pairs(tmp_path / "pairs.jsonl", n_a=8, n_b=4)
     config = small_run_config(tiny_llama_dir, data, tmp_path, training={"max_steps": 5000, "save_steps": 100000})
     path = tmp_path / "config.yaml"
@@ -35,12 +40,12 @@ def test_ctrl_c_saves_a_checkpoint_then_stops(tiny_llama_dir, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not any(len(logged_steps(r)) >= 3 for r in runs.glob("*")):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     [run] = list(runs.iterdir())
 
-    assert proc.returncode == 130, out[-2000:] + err[-2000:]
-    assert "Ctrl-C: saving a checkpoint and stopping after this step" in out
+    assert proc.returncode == exit_code, out[-2000:] + err[-2000:]
+    assert f"{name}: saving a checkpoint and stopping after this step" in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     ckpt = RunDir(run).latest_checkpoint()

@@ -11,7 +11,7 @@ from dpokit.testing import small_run_config as tiny_config
 
 from dpokit.cli import main
 from dpokit.report import PLOTS, comparison_figures, run_figures, write_report
-from dpokit.run import train
+from dpokit.run import batch_records, train
 
 CORE_PLOTS = {"loss", "rewards", "margins", "accuracy", "learning_rate", "grad_norm"}
 
@@ -72,8 +72,9 @@ def test_every_run_saves_png_plots_with_labelled_axes(batch):
 def test_multi_model_batch_ends_with_one_report_next_to_its_summary(batch):
     root, results = batch
     assert [r.status for r in results] == ["completed", "failed"]
-    page = root / "report.md"
-    assert (root / "batch_summary.json").exists() and page.exists()
+    [record] = batch_records(root)  # the batch's own folder: a later batch into root gets another one
+    page = record / "report.md"
+    assert (record / "batch_summary.json").exists() and page.exists()
     text = page.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| tiny-")]
     assert rows[0].startswith("| tiny-llama | completed") and rows[1].startswith("| tiny-gpt2 | failed")

@@ -46,6 +46,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     proc.wait()
     [run] = list((tmp_path / "killed" / "runs").iterdir())
     assert not (run / "adapter").exists(), "the run finished before it could be killed"
+    # killed outright, the summary still says running: every command must see it is not
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"
+    assert RunDir(run).effective_status() == "stale" and "is gone" in RunDir(run).stale_reason()
+    report = subprocess.run([sys.executable, "-m", "dpokit", "report", str(run)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "| tiny | stale" in (run / "report.md").read_text(), (run / "report.md").read_text()[:2000]
+    evaluated = subprocess.run([sys.executable, "-m", "dpokit", "eval", "--run", str(run)], env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 2 and "was not finished" in evaluated.stderr and "Traceback" not in evaluated.stderr
     last_good = RunDir(run).latest_checkpoint()
     # A kill can land while the Trainer is writing the next checkpoint: leave such a half-written
     # folder (weights, no trainer_state.json) so the resume has to skip it.
@@ -57,6 +67,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_llama_dir, tmp_path)
     resumed = subprocess.run([sys.executable, "-m", "dpokit", "train", "--resume", str(run)], env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "was not finished" in resumed.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"] == str(last_good)
     assert (run / f"incomplete-{partial.name}").is_dir()

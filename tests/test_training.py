@@ -9,7 +9,7 @@ import pytest
 
 from dpokit.cli import main
 from dpokit.testing import small_run_config
-from dpokit.run import train
+from dpokit.run import batch_records, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,8 @@ logging: {{report_to: [none]}}
 evaluation: {{enabled: false}}
 """)
     assert main(["train", "--config", str(config_path)]) == 0
-    batch = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
+    [record] = batch_records(tmp_path / "out")
+    batch = json.loads((record / "batch_summary.json").read_text())
     assert [m["model"] for m in batch["models"]] == ["tiny-llama", "tiny-gpt2"]
     assert all(m["status"] == "completed" for m in batch["models"])
     assert main(["train", "--config", str(config_path), "--model-index", "1",
