@@ -276,3 +276,30 @@ def degeneration_flags(response: str) -> list[str]:
     if visible and sum(ch.isalnum() for ch in visible) / len(visible) < 0.4:
         flags.append("not_text")
     return flags
+
+
+def form_and_content(spec: str | dict, response: str) -> tuple[bool | None, bool | None]:
+    """(right form, right content) of a response, for the families whose checks split that way
+    (`format` and `correct`: numbers and words); (None, None) for the others."""
+    result = judge(spec, response)
+    if set(result.checks) != {"format", "correct"}:
+        return None, None
+    return result.checks["format"], result.checks["correct"]
+
+
+def form_content_changes(specs, base_answers, trained_answers) -> list[dict[str, Any]]:
+    """Per prompt, how the base answer and the trained answer stood on form and content, and which
+    change it was: "gained form, kept content", "gained form, lost content" (right content in the wrong
+    form before, right form with the wrong content after), "lost content", ... Prompts of families
+    without that split are left out."""
+    names = {(True, True): "right form, right content", (True, False): "right form, wrong content",
+             (False, True): "wrong form, right content", (False, False): "wrong form, wrong content"}
+    rows = []
+    for spec, base, trained in zip(specs, base_answers, trained_answers):
+        b, t = form_and_content(spec, base), form_and_content(spec, trained)
+        if b[0] is None:
+            continue
+        rows.append({"family": (json.loads(spec) if isinstance(spec, str) else spec).get("family"),
+                     "base": base, "trained": trained, "before": names[b], "after": names[t],
+                     "gained form, lost content": b == (False, True) and t == (True, False)})
+    return rows

@@ -203,3 +203,20 @@ PLAIN = {"family": "plain_question", "format": "sentence", "accept": ["seven", "
 def test_plain_question_wants_a_correct_sentence(response, passed, checks):
     res = judge(PLAIN, response)
     assert (res.passed, res.checks) == (passed, checks), res.reason
+
+
+def test_form_content_changes_find_answers_that_gained_form_and_lost_content():
+    from dpokit.judge import form_content_changes
+
+    spec = {"format": "number", "family": "arithmetic", "answer": 81}
+    rows = form_content_changes([spec, spec, spec], ["9 * 9 = 81", "9 * 9 = 81", "I do not know"], ["9", "81", "81"])
+    assert [r["gained form, lost content"] for r in rows] == [True, False, False]
+    assert rows[0]["before"] == "wrong form, right content" and rows[0]["after"] == "right form, wrong content"
+    assert rows[1]["after"] == "right form, right content"
+
+
+def test_form_content_changes_skip_families_without_that_split():
+    from dpokit.judge import form_content_changes
+
+    spec = {"format": "bullets", "family": "bullets", "n": 2, "max_words": 4}
+    assert form_content_changes([spec], ["- a\n- b"], ["- a"]) == []
