@@ -37,15 +37,19 @@ test-fast: setup
 	$(BIN)/python -m pytest tests -q
 
 # Real runs of every notebook with larger parameters (notebooks/params/<name>.yaml), executed
-# copies in out/notebooks. Add papermill options with NB_ARGS, e.g. NB_ARGS='-p figures_dir docs/figures'.
+# copies in out/notebooks, then docs/guide_check.md from the verdicts they display. The lessons' sweeps
+# record each finished run in benchmarks/results/guide_runs.jsonl and read it back, so with that file in
+# place this redraws the figures (~25 minutes); without it, it trains every run again (many hours on a CPU).
+# Add papermill options with NB_ARGS, e.g. NB_ARGS='-p figures_dir docs/figures'.
 NB_OUT ?= out/notebooks
 NB_ARGS ?=
 notebooks: setup
 	mkdir -p $(NB_OUT)
 	for nb in notebooks/*.ipynb; do \
 	  name=$$(basename $$nb .ipynb); \
-	  $(BIN)/papermill "$$nb" "$(NB_OUT)/$$name.ipynb" -k python3 -f "notebooks/params/$$name.yaml" $(NB_ARGS) || exit 1; \
+	  TQDM_DISABLE=1 $(BIN)/papermill "$$nb" "$(NB_OUT)/$$name.ipynb" -k python3 -f "notebooks/params/$$name.yaml" $(NB_ARGS) || exit 1; \
 	done
+	$(BIN)/python benchmarks/guide_check.py $(NB_OUT) --out docs/guide_check.md
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -29,7 +29,7 @@ from .rundir import RunDir
 
 DEFAULT_TASK_ROWS = 360  # what `embedded:instruct-tasks` trains on (dpokit.tasks.build_task_dataset)
 TRAIN_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected",
-              "logps/chosen", "logps/rejected", "grad_norm", "learning_rate")
+              "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "kl", "nll_loss", "log_odds_ratio")
 EVAL_KEYS = ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen",
              "eval_rewards/rejected")
 
@@ -169,7 +169,7 @@ def _run_point(config, point, seed, key, results_file, output_dir, eval_settings
                log: Path | None) -> dict:
     started, load_start, t0 = _now(), _load(), time.perf_counter()
     record: dict[str, Any] = {"kind": "run", "key": key, "point": point, "label": point_label(point), "seed": seed,
-                              "started": started, "load_start": load_start, "cpus": os.cpu_count(),
+                              "started": started, "load_start": load_start, "cpus": os.cpu_count(), "code": _code_version(),
                               "omp_threads": os.environ.get("OMP_NUM_THREADS"),
                               "config": config.model_dump(mode="json")}
     try:
@@ -215,15 +215,32 @@ def write_task_rows(folder: Path, seed: int, n: int, subset: str | None = None) 
 
 
 def run_facts(run: RunDir) -> dict[str, Any]:
-    """Settings, final training figures and the logged curves of a finished run."""
-    from .sweep import run_record
+    """Settings, final training figures and the logged curves of a finished (or stopped) run.
 
+    Final figures are means over the last quarter of the logged steps (one batch is noisy), each over the
+    steps that logged it (KTO logs a side's reward only in batches that hold rows of that side).
+    `d` = margin / β and the log-ratios = rewards / β, in nats (comparable across β)."""
     summary, env = run.summary(), run.read_json("environment.json", {}) or {}
     cfg = run.config()
-    t = cfg.training
-    facts = {k: v for k, v in run_record(run).items() if k not in ("status", "run_dir", "model")}
-    if facts.get("margin") is not None and facts.get("beta"):
-        facts["d"] = facts["margin"] / facts["beta"]
+    t, settings = cfg.training, summary.get("trl_settings", {})
+    logged = [r for r in run.metrics() if "loss" in r]
+    tail = logged[-max(1, len(logged) // 4):] if logged else []
+
+    def final(key):
+        values = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
+        return sum(values) / len(values) if values else None
+
+    beta = float(settings.get("beta") or cfg.post_training.beta)
+    facts: dict[str, Any] = {"method": cfg.post_training.method, "loss_type": "+".join(cfg.post_training.loss_types),
+                             "beta": beta, "learning_rate": t.learning_rate, "steps": summary.get("steps"),
+                             "train_runtime_s": summary.get("train_runtime_s"), "loss": final("loss"),
+                             "margin": final("rewards/margins"), "accuracy": final("rewards/accuracies"),
+                             "reward_chosen": final("rewards/chosen"), "reward_rejected": final("rewards/rejected")}
+    for side in ("chosen", "rejected"):
+        if facts[f"reward_{side}"] is not None:
+            facts[f"logratio_{side}"] = facts[f"reward_{side}"] / beta
+    if facts["margin"] is not None:
+        facts["d"] = facts["margin"] / beta
     train_rows = (env.get("dataset") or {}).get("train_rows")
     facts.update(train_rows=train_rows, eval_rows=(env.get("dataset") or {}).get("eval_rows"), lora_r=cfg.lora.r,
                  effective_batch=t.per_device_train_batch_size * t.gradient_accumulation_steps,
@@ -351,14 +368,19 @@ def _judged(prompts, specs, families, base_all, trained_all, outside_prompts) ->
 
 @contextlib.contextmanager
 def quiet_output(log: Path | None):
-    """Send what is printed to `log`, with the libraries' progress bars off (None: leave all as it is).
+    """Send what training prints to `log`, with the libraries' progress displays off; all restored after
+    (None: leave everything as it is).
 
-    A notebook's progress bars are widgets that bypass stdout, so they are switched off, and back on after."""
+    In a notebook, progress bars and the Trainer's progress table are displayed as widgets/HTML, past
+    stdout (and tqdm's notebook bars ignore TQDM_DISABLE): datasets' and transformers' bars are switched
+    off, and the Trainer gets its plain printer callback (its log lines go to `log`) instead of a progress bar."""
     if log is None:
         yield
         return
     import datasets
     import transformers
+    import transformers.trainer as hf_trainer
+    from transformers.trainer_callback import PrinterCallback
 
     bars = [(datasets.utils.logging.is_progress_bar_enabled(), datasets.utils.logging.disable_progress_bar,
              datasets.utils.logging.enable_progress_bar),
@@ -366,14 +388,32 @@ def quiet_output(log: Path | None):
              transformers.utils.logging.enable_progress_bar)]
     for _, off, _on in bars:
         off()
+    progress = hf_trainer.DEFAULT_PROGRESS_CALLBACK
+    hf_trainer.DEFAULT_PROGRESS_CALLBACK = PrinterCallback
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with log.open("a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             yield
     finally:
+        hf_trainer.DEFAULT_PROGRESS_CALLBACK = progress
         for was_on, _off, on in bars:
             if was_on:
                 on()
+
+
+def _code_version() -> str | None:
+    """The dpokit checkout's commit (with "+changes" when the working tree differs), None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "dpokit"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+changes" if head and dirty else head or None
 
 
 def _round(x, digits: int = 5):

@@ -107,9 +107,20 @@ def show_verdicts(verdicts: list[Verdict], notebook: str) -> None:
     """Display the verdicts as a table, with the JSON rows `benchmarks/guide_check.py` collects."""
     from IPython.display import display
 
-    payload = {"notebook": notebook, "verdicts": [asdict(v) for v in verdicts]}
+    payload = _finite({"notebook": notebook, "verdicts": [asdict(v) for v in verdicts]})
     display({MIME_TYPE: payload, "text/markdown": verdicts_markdown(verdicts),
              "text/plain": json.dumps(payload, indent=1)[:2000]}, raw=True)
+
+
+def _finite(value):
+    """JSON has no NaN: missing interval ends become null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def collect(notebook_json: dict) -> list[dict]:

@@ -38,15 +38,17 @@ class Estimate:
     def has_interval(self) -> bool:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
-    def format(self, digits: int = 1) -> str:
-        if self.unit == "%":
-            v, lo, hi = 100 * self.value, 100 * self.low, 100 * self.high
+    def format(self, digits: int | None = None) -> str:
+        """`value [low, high]`: proportions as percent with `digits` decimals (default 1), other figures
+        with 3 significant digits (or `digits` decimals)."""
+        scale = 100 if self.unit == "%" else 1
+        if digits is None and self.unit != "%":
+            num = lambda x: f"{x * scale:.3g}"
         else:
-            v, lo, hi = self.value, self.low, self.high
-        unit = self.unit
+            num = lambda x: f"{x * scale:.{1 if digits is None else digits}f}"
         if not self.has_interval:
-            return f"{v:.{digits}f}{unit} (n={self.n}, no interval)"
-        return f"{v:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
+            return f"{num(self.value)}{self.unit} (n={self.n}, no interval)"
+        return f"{num(self.value)}{self.unit} [{num(self.low)}, {num(self.high)}]"
 
     def __str__(self) -> str:
         return self.format()

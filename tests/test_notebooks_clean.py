@@ -44,7 +44,7 @@ def parameter_names(nb) -> set[str]:
 def test_every_lesson_of_the_kit_is_there():
     names = [p.stem for p in NOTEBOOKS]
     for expected in ("00_quickstart", "01_dataset_prep", "02_loss_variants", "03_tuning_beta",
-                     "04_memory_tricks", "05_evaluation"):
+                     "04_memory_tricks", "05_evaluation", "07_learning_rate", "08_batch_epochs_data"):
         assert expected in names
 
 
