@@ -101,6 +101,8 @@ def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -
         params = ", ".join(f"{k}={json.dumps(v)}" for k, v in nb["parameters"].items()) or "defaults"
         status = " (failed)" if nb["failed"] else ""
         lines.append(f"| {nb['name']}{status} | {nb['verdicts']} | {duration} | {cell(params)} |")
+    total = sum(nb["duration"] or 0 for nb in notebooks)
+    lines += ["", f"All {len(notebooks)} notebooks together: {total / 60:.0f} min of execution."]
     lines += ["", "Run times include the training recorded in `benchmarks/results/guide_runs.jsonl` only when a run "
               "was trained during that execution; runs already in the file are read back. Every run record in that "
               "file carries its start and end time and the machine's load average.",

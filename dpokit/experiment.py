@@ -1,4 +1,5 @@
 """Experiments over seeds, recorded point by point: what the lessons' verdicts rest on.
+(Judging: dpokit/experiment_judge.py; summaries with intervals: dpokit/experiment_summary.py.)
 
 `run_experiment(base, points, seeds, results_file, output_dir)` trains the base config once per
 (point, seed), judges every run on the embedded task's held-out prompts and the questions outside
@@ -186,9 +187,16 @@ def _run_point(config, point, seed, key, results_file, output_dir, eval_settings
     if record["status"] == "completed":
         run = RunDir(result.run_dir)
         t1 = time.perf_counter()
+        from .experiment_judge import judge_run
+
+        cache = {r["key"]: r["answers"] for r in read_results(results_file) if r.get("kind") == "base"}
+        known = set(cache)
         with quiet_output(log):
-            record.update(judge_run(run, results_file, eval_settings["num_prompts"], eval_settings["max_new_tokens"],
-                                    eval_settings["drift_prompts"], eval_settings["eval_checkpoints"]))
+            record.update(judge_run(run, eval_settings["num_prompts"], eval_settings["max_new_tokens"],
+                                    eval_settings["drift_prompts"], eval_settings["eval_checkpoints"], base_cache=cache))
+        for key in set(cache) - known:  # the base model's answers, for the next runs of this seed
+            append_result(results_file, {"kind": "base", "key": key, "seed": seed, "answers": cache[key],
+                                         "finished": _now()})
         record["eval_s"] = round(time.perf_counter() - t1, 1)
         if not keep_checkpoints:
             for ckpt in run.checkpoints():
@@ -260,109 +268,6 @@ def run_facts(run: RunDir) -> dict[str, Any]:
     return facts
 
 
-# ----------------------------------------------------------------------------- judging
-
-
-def heldout_for(config, n: int):
-    """(prompts, specs, families) the run is judged on: the embedded task's held-out rows of its seed
-    when it trained on the task (embedded or generated rows), else the validation rows without specs."""
-    from .config import EMBEDDED_DATASET, DatasetSection
-    from .data import embedded_task, heldout_rows
-
-    name = config.dataset.name
-    if name.startswith("embedded:") or Path(name).name.startswith("tasks-seed"):
-        rows = embedded_task(DatasetSection(name=EMBEDDED_DATASET, subset=config.dataset.subset), config.seed)["heldout"]
-        rows = rows.select(range(min(n, len(rows))))
-        return list(rows["prompt"]), list(rows["spec"]), list(rows["family"])
-    rows = heldout_rows(config, n)
-    return list(rows["prompt"]), None, None
-
-
-def judge_run(run: RunDir, results_file: str | Path, num_prompts: int, max_new_tokens: int,
-              drift_prompts: int = 16, eval_checkpoints: bool = False) -> dict[str, Any]:
-    """Greedy answers with the adapter off and on, judged: held-out pass rates, outside-task damage,
-    degeneration, drift. The base model's answers are cached in `results_file` (one record per seed)."""
-    from .drift import token_drift
-    from .evaluate import generate
-    from .tasks import OUTSIDE_TASK_PROMPTS
-
-    config = run.config()
-    model, tokenizer = run.load_trained()
-    prompts, specs, families = heldout_for(config, num_prompts)
-    questions = prompts + [q for q, _ in OUTSIDE_TASK_PROMPTS]
-    base_key = hashlib.sha256(json.dumps([config.models[0].huggingface_id, config.seed, config.dataset.subset,
-                                          questions, max_new_tokens]).encode()).hexdigest()[:20]
-    cached = {r["key"]: r for r in read_results(results_file) if r.get("kind") == "base"}
-    if base_key in cached:
-        base_all = cached[base_key]["answers"]
-    else:
-        with model.disable_adapter():
-            base_all = generate(model, tokenizer, questions, max_new_tokens)
-        append_result(results_file, {"kind": "base", "key": base_key, "seed": config.seed, "answers": base_all,
-                                     "finished": _now()})
-    trained_all = generate(model, tokenizer, questions, max_new_tokens)
-    out = _judged(prompts, specs, families, base_all, trained_all, OUTSIDE_TASK_PROMPTS)
-    out["update_norm"] = relative_update(model)
-    if drift_prompts:
-        out["drift_kl"] = token_drift(run, num_prompts=drift_prompts, model=model, tokenizer=tokenizer)
-    if eval_checkpoints:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        out["checkpoints"] = []
-        for ckpt in run.checkpoints():
-            set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
-            answers = generate(model, tokenizer, questions, max_new_tokens)
-            judged = _judged(prompts, specs, families, base_all, answers, OUTSIDE_TASK_PROMPTS)
-            state = json.loads((ckpt / "trainer_state.json").read_text())
-            out["checkpoints"].append({"step": state.get("global_step"), "epoch": _round(state.get("epoch")),
-                                       **{k: judged.get(k) for k in ("trained_rate", "passed", "outside_lost",
-                                                                     "newly_degenerate")}})
-    del model
-    return out
-
-
-def relative_update(model) -> float:
-    """How far the adapter moved the adapted weights: ||ΔW|| / ||W|| over all LoRA-adapted layers
-    (Frobenius norms, ΔW = scale · B·A), 0 for an untouched adapter."""
-    import torch
-
-    delta_sq, weight_sq = 0.0, 0.0
-    with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-                delta = module.get_delta_weight("default").float()
-                delta_sq += float((delta ** 2).sum())
-                weight_sq += float((module.base_layer.weight.float() ** 2).sum())
-    return (delta_sq / weight_sq) ** 0.5 if weight_sq else 0.0
-
-
-def _judged(prompts, specs, families, base_all, trained_all, outside_prompts) -> dict[str, Any]:
-    from .evaluate import outside_task_check, win_tie_loss
-    from .judge import degeneration_flags, judge_many
-
-    n = len(prompts)
-    base, trained = base_all[:n], trained_all[:n]
-    out: dict[str, Any] = {"prompts": n}
-    base_flags = [bool(degeneration_flags(a)) for a in base]
-    flags = [bool(degeneration_flags(a)) for a in trained]
-    out.update(degenerate=sum(flags), degenerate_base=sum(base_flags),
-               newly_degenerate=sum(t and not b for b, t in zip(base_flags, flags)))
-    if specs is not None:
-        b, t = judge_many(specs, base), judge_many(specs, trained)
-        out.update(base_rate=b["pass_rate"] / 100, trained_rate=t["pass_rate"] / 100, base_passed=b["passed"],
-                   passed=t["passed"], per_family={f: t["per_family"][f] / 100 for f in t["per_family"]},
-                   **win_tie_loss(b["passed"], t["passed"]))
-    outside = outside_task_check(base_all[n:], trained_all[n:], outside_prompts)
-    out.update(outside_prompts=outside["prompts"], outside_base_correct=outside["base_correct"],
-               outside_lost=outside["lost"], outside_degenerate=outside["degenerate"],
-               outside_lost_rows=[{k: r[k] for k in ("prompt", "expected", "base", "trained")}
-                                  for r in outside["rows"] if r["base_ok"] and not r["trained_ok"]])
-    out["answers"] = [{"prompt": p, "family": f, "base": b[:200], "trained": t[:200]}
-                      for p, f, b, t in zip(prompts, families or [None] * n, base, trained)]
-    return out
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -429,68 +334,3 @@ def _load() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:  # pragma: no cover - not on every platform
         return None
-
-
-# ----------------------------------------------------------------------------- summaries
-
-
-def runs(records: list[dict], status: str | None = None) -> list[dict]:
-    """The run records (not the cached base answers), optionally of one status."""
-    return [r for r in records if r.get("kind") == "run" and (status is None or r.get("status") == status)]
-
-
-def summarise(records: list[dict], by, confidence: float = 0.95) -> "pd.DataFrame":
-    """One row per value of `by` (a record field such as "learning_rate", or a function of a record),
-    over the seeds of that value: `dpokit.stats.Estimate`s with their intervals.
-
-    pass / base: pooled Wilson over every judged prompt of every seed (fractions); gain: the per-seed
-    improvement (trained − base, fraction) with a t interval over seeds; d, accuracy, drift_kl,
-    outside_lost, newly_degenerate: means with t intervals over seeds. `runs`, `stopped`: counts."""
-    import pandas as pd
-
-    from .stats import mean_interval, pooled_wilson
-
-    key = by if callable(by) else (lambda r: r.get(by))
-    groups: dict[Any, list[dict]] = {}
-    for r in runs(records):
-        groups.setdefault(key(r), []).append(r)
-    rows = []
-    for value, group in groups.items():
-        done = [r for r in group if r.get("status") == "completed"]
-        judged = [r for r in done if r.get("passed") is not None]
-        row = {"value": value, "runs": len(group), "completed": len(done),
-               "stopped": sum(r.get("status") == "stopped" for r in group),
-               "seeds": sorted(r["seed"] for r in done)}
-        if judged:
-            row["pass"] = pooled_wilson([r["passed"] for r in judged], confidence)
-            row["base"] = pooled_wilson([r["base_passed"] for r in judged], confidence)
-            row["gain"] = mean_interval([r["trained_rate"] - r["base_rate"] for r in judged], confidence, "%")
-        for name in ("d", "accuracy", "drift_kl", "outside_lost", "newly_degenerate", "margin", "loss"):
-            values = [r.get(name) for r in done if r.get(name) is not None]
-            if values:
-                row[name] = mean_interval(values, confidence)
-        row["outside_lost_total"] = sum(r.get("outside_lost", 0) for r in done)
-        row["outside_asked"] = sum(r.get("outside_base_correct", 0) for r in done)
-        row["newly_degenerate_total"] = sum(r.get("newly_degenerate", 0) for r in done)
-        row["answers_judged"] = sum(r.get("prompts", 0) for r in done)
-        row["train_s"] = sum(r.get("train_runtime_s") or 0 for r in done) / max(len(done), 1)
-        row["wall_s"] = sum(r.get("wall_s") or 0 for r in group)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    return table.sort_values("value").set_index("value") if len(table) else table
-
-
-def plot_estimates(ax, x, estimates, scale: float = 1.0, **kwargs):
-    """Points with asymmetric error bars from `Estimate`s (missing ones skipped); `scale` e.g. 100 for %."""
-    import math
-
-    pts = [(xi, e) for xi, e in zip(x, estimates) if e is not None and not (isinstance(e, float) and math.isnan(e))]
-    if not pts:
-        return None
-    xs = [p[0] for p in pts]
-    vals = [p[1].value * scale for p in pts]
-    low = [(p[1].value - p[1].low) * scale if p[1].has_interval else 0 for p in pts]
-    high = [(p[1].high - p[1].value) * scale if p[1].has_interval else 0 for p in pts]
-    kwargs.setdefault("fmt", "o-")
-    kwargs.setdefault("capsize", 3)
-    return ax.errorbar(xs, vals, yerr=[low, high], **kwargs)

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from dpokit.experiment import (append_result, config_key, read_results, run_experiment, summarise, task_size_point,
+from dpokit.experiment import (append_result, config_key, read_results, run_experiment, task_size_point,
                                write_task_rows)
+from dpokit.experiment_summary import summarise
 from dpokit.stats import Estimate
 
 
