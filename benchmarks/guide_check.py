@@ -34,13 +34,31 @@ def gather(folder: Path) -> tuple[dict[str, list[dict]], list[dict]]:
         nb = json.loads(path.read_text(encoding="utf-8"))
         meta = nb.get("metadata", {}).get("papermill", {})
         payloads = collect(nb)
+        parameters = meta.get("parameters", {})
+        real = real_parameters(path.stem, parameters)
+        size = "real" if real else "CI-size" if not parameters or set(parameters) <= {"figures_dir"} else "other parameters"
         notebooks.append({"name": path.stem, "verdicts": sum(len(p["verdicts"]) for p in payloads),
-                          "parameters": meta.get("parameters", {}), "duration": meta.get("duration"),
+                          "parameters": parameters, "duration": meta.get("duration"), "real": real, "size": size,
                           "start": meta.get("start_time"), "failed": bool(meta.get("exception"))})
         for payload in payloads:
             for v in payload["verdicts"]:
-                by_tip.setdefault(v["tip"], []).append({**v, "notebook": payload["notebook"]})
+                by_tip.setdefault(v["tip"], []).append({**v, "notebook": payload["notebook"], "real": real, "size": size})
     return by_tip, notebooks
+
+
+def real_parameters(name: str, parameters: dict) -> bool:
+    """True when the notebook ran with its real-run parameters (notebooks/params/<name>.yaml), not CI's small defaults."""
+    import yaml
+
+    params_file = ROOT / "notebooks" / "params" / f"{name}.yaml"
+    wanted = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.exists() else None
+    if not wanted:
+        return False
+
+    def same(a, b):
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str) or str(a) == str(b)
+
+    return all(k in parameters and same(parameters[k], v) for k, v in wanted.items())
 
 
 def combined(parts: list[dict]) -> str:
@@ -54,7 +72,7 @@ def cell(text: str) -> str:
 
 
 def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -> tuple[str, list[str]]:
-    rows, missing, kinds, measured = [], [], Counter(), 0
+    rows, missing, kinds, measured, measured_real = [], [], Counter(), 0, 0
     for i, t in enumerate(TIPS, 1):
         parts = by_tip.get(t.id, [])
         if not parts:
@@ -64,11 +82,13 @@ def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -
         verdict = combined(parts)
         kinds[verdict] += 1
         measured += any(p.get("measured") and p.get("figure") for p in parts)
+        measured_real += any(p.get("measured") and p.get("figure") and p.get("real") for p in parts)
         labelled = len(parts) > 1
         figure = "<br>".join(cell((f"*{p['part']}* ({p['verdict']}): " if labelled and p.get("part") else
                                    f"({p['verdict']}) " if labelled else "") + (p.get("figure") or "—")) for p in parts)
         why = "<br>".join(cell(p.get("why", "")) for p in parts)
-        where = "<br>".join(cell(f"{p['notebook']} {p.get('section', '')}".strip()) for p in parts)
+        where = "<br>".join(cell(f"{p['notebook']} {p.get('section', '')}".strip()
+                                 + ("" if p.get("real") else f" ({p.get('size')} run)")) for p in parts)
         rows.append(f"| {i} | {cell(t.section)} | {cell(t.text)} | **{verdict}** | {figure} | {why} | {where} |")
     lines = [
         "# The config guide, tested",
@@ -85,7 +105,8 @@ def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -
         "says why. Measured figures are `value [95% interval]`.",
         "",
         f"**{len(TIPS)} tips; {len(TIPS) - len(missing)} with a verdict, {measured} of them with a figure measured by "
-        "this kit.** Verdicts: " + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ".",
+        f"this kit, {measured_real} from runs with the real-run parameters.** Verdicts: "
+        + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ".",
         "",
         "| # | guide section | tip | verdict | measured (95% interval) | why | where |",
         "|---|---|---|---|---|---|---|",
@@ -93,14 +114,19 @@ def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -
         "",
         "## How the figures were made",
         "",
-        "| notebook | verdicts | run time | parameters |",
-        "|---|---|---|---|",
+        "A notebook run with its real-run parameters (`notebooks/params/<name>.yaml`, what `make notebooks` uses) "
+        "is marked *real*; one run with the notebook's small defaults (CI's size: a few steps, one seed) is marked "
+        "*CI-size*, and its verdicts can only say that one seed decides nothing; any other parameters are marked as such.",
+        "",
+        "| notebook | parameters used | verdicts | run time | parameters |",
+        "|---|---|---|---|---|",
     ]
     for nb in notebooks:
         duration = f"{nb['duration'] / 60:.1f} min" if nb.get("duration") else "—"
         params = ", ".join(f"{k}={json.dumps(v)}" for k, v in nb["parameters"].items()) or "defaults"
         status = " (failed)" if nb["failed"] else ""
-        lines.append(f"| {nb['name']}{status} | {nb['verdicts']} | {duration} | {cell(params)} |")
+        kind = nb["size"]
+        lines.append(f"| {nb['name']}{status} | {kind} | {nb['verdicts']} | {duration} | {cell(params)} |")
     total = sum(nb["duration"] or 0 for nb in notebooks)
     lines += ["", f"All {len(notebooks)} notebooks together: {total / 60:.0f} min of execution."]
     lines += ["", "Run times include the training recorded in `benchmarks/results/guide_runs.jsonl` only when a run "

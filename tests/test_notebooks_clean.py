@@ -113,3 +113,13 @@ def test_real_run_parameter_file_only_sets_parameters_the_notebook_has(path):
     values = yaml.safe_load(params_file.read_text()) or {}
     unknown = set(values) - parameter_names(load(path))
     assert not unknown, f"{params_file.name} sets {sorted(unknown)}, which {path.name} does not define"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path):
+    """papermill parses the parameters cell line by line (an '=' in a comment defeats it); a parameter it
+    cannot read still gets injected, but `papermill -p` then warns that the name is unknown."""
+    from papermill.translators import PythonTranslator
+
+    [cell] = parameter_cells(load(path))
+    assert {p.name for p in PythonTranslator.inspect(cell)} == parameter_names(load(path))
