@@ -111,12 +111,13 @@ def config_key(config, **extra) -> str:
 def run_experiment(base, points: list[dict[str, Any]], seeds: list[int], results_file: str | Path,
                    output_dir: str | Path, num_prompts: int = 60, max_new_tokens: int = 48,
                    eval_checkpoints: bool = False, drift_prompts: int = 16,
-                   keep_checkpoints: bool = False, quiet: bool = True) -> list[dict]:
+                   keep_checkpoints: bool = False, quiet: bool = True, train_missing: bool = True) -> list[dict]:
     """Train and judge every (point, seed) not yet in `results_file`; return the records of all of them.
 
     `eval_checkpoints`: also judge every checkpoint the run saved (e.g. one per epoch).
     `keep_checkpoints`: leave the runs' checkpoint folders (optimizer state; deleted by default once judged).
     `quiet`: write what training prints to `output_dir/logs/` and print one line per run instead.
+    `train_missing=False`: only read back what the file holds (a point not in it is reported and left out).
     A run that fails is recorded with its error and not retried until its record is removed."""
     from .config import load_config
     from .run import train
@@ -137,6 +138,9 @@ def run_experiment(base, points: list[dict[str, Any]], seeds: list[int], results
             print(f"### {i}/{len(todo)} {point_label(point)}, seed {seed}: recorded earlier "
                   f"({done[key]['status']}, {done[key].get('finished', '?')})", flush=True)
             out.append(done[key])
+            continue
+        if not train_missing:
+            print(f"### {i}/{len(todo)} {point_label(point)}, seed {seed}: not in the results file (left out)", flush=True)
             continue
         print(f"\n### {i}/{len(todo)} {point_label(point)}, seed {seed}", flush=True)
         if point.get("task_rows"):

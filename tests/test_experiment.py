@@ -85,3 +85,12 @@ def test_summary_pools_prompts_for_pass_rates_and_uses_seeds_for_the_rest():
     assert isinstance(row["pass"], Estimate) and row["pass"].n == 12 and row["pass"].value == pytest.approx(0.5)
     assert row["d"].value == pytest.approx(3.0) and row["d"].kind == "t" and row["d"].n == 3
     assert row["outside_lost_total"] == 3 and row["completed"] == 3
+
+
+def test_read_back_only_leaves_out_what_was_never_run(tiny_task_config, tmp_path, monkeypatch):
+    import dpokit.run
+
+    monkeypatch.setattr(dpokit.run, "train", lambda *a, **k: pytest.fail("trained although train_missing=False"))
+    out = run_experiment(tiny_task_config, [{"training.learning_rate": 1e-3}], [0], tmp_path / "r.jsonl", tmp_path / "runs",
+                         num_prompts=2, max_new_tokens=4, train_missing=False)
+    assert out == []
