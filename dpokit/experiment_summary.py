@@ -16,11 +16,13 @@ def summarise(records: list[dict], by, confidence: float = 0.95) -> "pd.DataFram
     over the seeds of that value: `dpokit.stats.Estimate`s with their intervals.
 
     pass / base: pooled Wilson over every judged prompt of every seed (fractions); gain: the per-seed
-    improvement (trained − base, fraction) with a t interval over seeds; d, accuracy, drift_kl,
-    outside_lost, newly_degenerate: means with t intervals over seeds. `runs`, `stopped`: counts."""
+    improvement (trained − base, fraction) with a t interval over seeds; d, accuracy, drift_kl, update_norm,
+    outside_lost, newly_degenerate: means with t intervals over seeds; outside_lost_rate and
+    newly_degenerate_rate: the same counts pooled over seeds as proportions with Wilson intervals (what the
+    verdicts compare). `runs`, `stopped`: counts."""
     import pandas as pd
 
-    from .stats import mean_interval, pooled_wilson
+    from .stats import mean_interval, pooled_wilson, wilson
 
     key = by if callable(by) else (lambda r: r.get(by))
     groups: dict[Any, list[dict]] = {}
@@ -45,6 +47,12 @@ def summarise(records: list[dict], by, confidence: float = 0.95) -> "pd.DataFram
         row["outside_asked"] = sum(r.get("outside_base_correct", 0) for r in done)
         row["newly_degenerate_total"] = sum(r.get("newly_degenerate", 0) for r in done)
         row["answers_judged"] = sum(r.get("prompts", 0) for r in done)
+        # counts as pooled proportions with a Wilson interval: a count that came out the same in every seed
+        # (0 lost, 0 lost, 0 lost) would otherwise get a t interval of width zero
+        if row["outside_asked"]:
+            row["outside_lost_rate"] = wilson(row["outside_lost_total"], row["outside_asked"], confidence)
+        if row["answers_judged"]:
+            row["newly_degenerate_rate"] = wilson(row["newly_degenerate_total"], row["answers_judged"], confidence)
         row["train_s"] = sum(r.get("train_runtime_s") or 0 for r in done) / max(len(done), 1)
         row["wall_s"] = sum(r.get("wall_s") or 0 for r in group)
         rows.append(row)
