@@ -4,10 +4,14 @@ Answers a fixed seeded subset of IFEval prompts (the workload of `dpokit eval --
 with each variant, in one process and on the same loaded weights, and prints tokens/s, seconds
 per prompt, the ratio against the naive version, and how many answers equal the naive ones.
 
-    naive        dpokit/evaluate.py's generate as it was: prompts in file order, batch 8, fp32
-    sorted-b8    dpokit.generation.generate_greedy: length-sorted batches of 8, fp32
-    sorted-b32   the same with batches of 32, fp32
-    sorted-b32-bf16  batches of 32, the model in bfloat16 (fast only on CPUs with native bf16)
+    naive            dpokit/evaluate.py's generate as it was: prompts in file order, batch 8, fp32
+    generate-b8      dpokit.generation.generate_greedy with drop_finished=False: length-sorted
+                     batches of 8, each decoded by transformers' generate, fp32
+    generate-b32     the same with batches of 32
+    loop-b32         generate_greedy's default: batches of 32 decoded by dpokit's loop, which
+                     takes each finished answer out of the batch, fp32
+    loop-b32-bf16    the same with the model in bfloat16 (fast only on CPUs with native bf16)
+    loop-b64-bf16    batches of 64, bfloat16
 
 Variants run in the order given, then again in reverse (--repeats 2, the default), and each time
 is the mean of its runs, so a machine whose load drifts does not favour whichever ran first.
@@ -33,7 +37,8 @@ from common import BENCH, atomic_write_text, machine, merge_results, say  # noqa
 
 RESULTS = BENCH / "results" / "generation.json"
 
-VARIANTS = ("naive", "sorted-b8", "sorted-b32", "sorted-b32-bf16")
+VARIANTS = ("naive", "generate-b8", "generate-b32", "loop-b32", "loop-b32-bf16", "loop-b64-bf16")
+PATTERN = r"(generate|loop)-b(\d+)(-bf16)?"
 
 
 def naive_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int = 8):
@@ -68,10 +73,11 @@ def run_variant(name: str, models: dict, tokenizer, prompts, max_new_tokens: int
     if name == "naive":
         answers, tokens = naive_generate(models["fp32"], tokenizer, prompts, max_new_tokens)
     else:
-        batch = int(name.split("-b")[1].split("-")[0])
+        engine, batch, bf16 = re.fullmatch(PATTERN, name).groups()
         stats: dict = {}
-        answers = generate_greedy(models["bf16" if name.endswith("bf16") else "fp32"], tokenizer, prompts,
-                                  max_new_tokens=max_new_tokens, batch_size=batch, stats=stats)
+        answers = generate_greedy(models["bf16" if bf16 else "fp32"], tokenizer, prompts,
+                                  max_new_tokens=max_new_tokens, batch_size=int(batch), stats=stats,
+                                  drop_finished=engine == "loop")
         tokens = stats["new_tokens"]
         say(f"    {stats['answers_at_limit']} of {len(prompts)} answers reached max_new_tokens")
     return answers, tokens, time.perf_counter() - start
@@ -82,14 +88,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompts", type=int, default=32, help="IFEval prompts (seeded subset, seed 0)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated: naive, or sorted-b<batch size>[-bf16]")
+                        help="comma-separated: naive, or (generate|loop)-b<batch size>[-bf16]")
     parser.add_argument("--repeats", type=int, default=2, help="runs per variant (alternating order)")
     parser.add_argument("--out", type=Path, help="also write the answers and figures to this JSON file")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = {v for v in variants if v != "naive" and not re.fullmatch(r"sorted-b\d+(-bf16)?", v)}
+    unknown = {v for v in variants if v != "naive" and not re.fullmatch(PATTERN, v)}
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; use naive or sorted-b<N>[-bf16]")
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; use naive or (generate|loop)-b<N>[-bf16]")
 
     import torch
 

@@ -17,19 +17,23 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
+def varied(model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     # A freshly initialised tiny model repeats the prompt's last token forever; larger weights make its
     # greedy answers depend on the prompt, so a mix-up of answers between prompts would show.
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for weight in (p for p in model.parameters() if p.dim() == 2):
             weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    return model, AutoTokenizer.from_pretrained(tiny_llama_dir)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    return varied(tiny_llama_dir)
 
 
 def one_by_one(model, tokenizer, prompts, max_new_tokens):
@@ -49,15 +53,52 @@ def one_by_one(model, tokenizer, prompts, max_new_tokens):
     return answers
 
 
-def test_batched_answers_equal_one_by_one_greedy_answers_in_prompt_order(tiny):
+@pytest.mark.parametrize("drop_finished", [True, False], ids=["dpokit-loop", "transformers-generate"])
+def test_batched_answers_equal_one_by_one_greedy_answers_in_prompt_order(tiny, drop_finished):
     model, tokenizer = tiny
     reference = one_by_one(model, tokenizer, PROMPTS, max_new_tokens=12)
     stats: dict = {}
-    batched = generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=3, stats=stats)
+    batched = generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=3, stats=stats,
+                              drop_finished=drop_finished)
     assert batched == reference
     assert len(set(reference)) > 1  # the prompts give different answers, so order is really checked
     assert stats["prompts"] == len(PROMPTS) and 0 < stats["new_tokens"] <= 12 * len(PROMPTS)
-    assert generate_greedy(model, tokenizer, PROMPTS[::-1], max_new_tokens=12, batch_size=4) == reference[::-1]
+    assert generate_greedy(model, tokenizer, PROMPTS[::-1], max_new_tokens=12, batch_size=4,
+                           drop_finished=drop_finished) == reference[::-1]
+
+
+def test_sequences_leaving_the_batch_early_do_not_disturb_the_others(tiny):
+    """Half the answers stop after a few tokens (a stop token made likely for them): the rest must
+    still equal their one-by-one answers, and the early ones must be cut at the stop token."""
+    import torch
+
+    model, tokenizer = tiny
+    reference = one_by_one(model, tokenizer, PROMPTS, max_new_tokens=10)
+    # Declare as an extra stop token the 3rd token of some prompts' answers: those finish early.
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_texts(tokenizer, PROMPTS)]
+    with torch.no_grad():
+        third = []
+        for row in ids[::2]:
+            out = model.generate(torch.tensor([row]), max_new_tokens=3, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            third.append(out[0, -1].item())
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *third]
+    try:
+        loop = generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=7)
+        library = generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=7, drop_finished=False)
+        expected = one_by_one(model, tokenizer, PROMPTS, max_new_tokens=10)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert loop == library == expected
+    assert sum(len(a) < len(r) for a, r in zip(expected, reference)) >= 2  # some really stopped early
+
+
+def test_other_architectures_decode_the_same_way(tiny_gpt2_dir, tiny_neox_dir):
+    for model_dir in (tiny_gpt2_dir, tiny_neox_dir):
+        model, tokenizer = varied(model_dir)
+        reference = one_by_one(model, tokenizer, PROMPTS[:5], max_new_tokens=8)
+        assert generate_greedy(model, tokenizer, PROMPTS[:5], max_new_tokens=8, batch_size=5) == reference
 
 
 def test_answers_stop_at_the_end_of_turn_token(tiny):
