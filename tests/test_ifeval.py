@@ -154,6 +154,20 @@ def test_accuracies_per_type_and_comparison_are_counted_over_prompts_and_instruc
     json.dumps(base), json.dumps(diff)  # JSON-ready
 
 
+def test_confidence_intervals_are_wilson_for_prompts_and_clustered_for_instructions():
+    from dpokit.bench.ifeval import intervals
+
+    def row(verdicts):
+        return {"strict": verdicts, "loose": verdicts, "prompt_strict": all(verdicts), "prompt_loose": all(verdicts)}
+
+    rows = [row([True]), row([False, False]), row([True, True]), row([False])]
+    assert intervals(rows)["prompt_strict"] == [15.0, 85.0]  # Wilson, 2 of 4
+    assert intervals([rows[0], rows[1], rows[1], rows[3]])["prompt_strict"] == [4.56, 69.94]  # Wilson, 1 of 4
+    # 100 prompts, 150 instructions, 75 passed: the ratio's standard error counts each prompt's instructions
+    # together: sqrt(sum((a_i - 0.5 n_i)^2) / 99 / (100 * 1.5^2)) = 0.05297, times 1.96.
+    assert intervals(rows * 25)["instruction_strict"] == [39.62, 60.38]
+
+
 # --- the hook into if_verifiable ------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -150,7 +151,7 @@ def score_answers(prompts: Sequence[IFEvalPrompt], answers: Sequence[str]) -> di
     accuracy = accuracies(rows)
     return {"benchmark": "ifeval", "num_prompts": len(rows),
             "num_instructions": sum(len(r["instructions"]) for r in rows),
-            "accuracy": accuracy, "averages": averages(accuracy),
+            "accuracy": accuracy, "interval95": intervals(rows), "averages": averages(accuracy),
             "per_instruction": per_instruction(rows), "rows": rows}
 
 
@@ -161,6 +162,30 @@ def accuracies(rows: Sequence[dict]) -> dict[str, float]:
             "prompt_loose": _pct(sum(r["prompt_loose"] for r in rows), len(rows)),
             "instruction_strict": _pct(sum(s for s, _ in flat), len(flat)),
             "instruction_loose": _pct(sum(lo for _, lo in flat), len(flat))}
+
+
+def intervals(rows: Sequence[dict], z: float = 1.96) -> dict[str, list[float]]:
+    """95% confidence intervals (percent) of the four accuracies, treating the prompts as the sample.
+
+    Prompt level: Wilson score interval. Instruction level: a ratio over prompts, so the standard
+    error counts each prompt's instructions together (they share an answer, they are not independent).
+    """
+    m = len(rows)
+    out: dict[str, list[float]] = {}
+    for level in ("strict", "loose"):
+        passed = sum(r[f"prompt_{level}"] for r in rows)
+        if m:
+            p, shrink = passed / m, 1 + z * z / m
+            centre = (p + z * z / (2 * m)) / shrink
+            half = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / shrink
+            out[f"prompt_{level}"] = [round(100 * (centre - half), 2), round(100 * (centre + half), 2)]
+        hits, sizes = [sum(r[level]) for r in rows], [len(r[level]) for r in rows]
+        if m > 1 and sum(sizes):
+            ratio, mean_size = sum(hits) / sum(sizes), sum(sizes) / m
+            var = sum((a - ratio * n) ** 2 for a, n in zip(hits, sizes)) / (m - 1) / (m * mean_size ** 2)
+            low, high = max(0.0, ratio - z * math.sqrt(var)), min(1.0, ratio + z * math.sqrt(var))
+            out[f"instruction_{level}"] = [round(100 * low, 2), round(100 * high, 2)]
+    return out
 
 
 def averages(accuracy: dict[str, float]) -> dict[str, float]:
