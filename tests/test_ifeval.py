@@ -132,6 +132,22 @@ def test_word_count_and_loose_scoring_follow_the_official_rules():
     assert verdicts(lowercase, "Sure!\nwhat are the boys doing?") == (False, True)
 
 
+def test_the_random_letter_of_a_malformed_letter_count_is_fixed_per_prompt():
+    """Key 1129 asks for 6 "!", which the letter checker replaces by a random letter: the verdict must not
+    depend on the global random state, and scoring must leave that state as it found it."""
+    import random
+
+    prompt = by_key(1129)
+    answer = "Sunny ice cream is gentle and sweet, a treat for every summer afternoon " * 3
+    verdicts_seen = set()
+    for seed in range(6):
+        random.seed(seed)
+        before = random.getstate()
+        verdicts_seen.add(tuple(score_answers([prompt], [answer])["rows"][0]["strict"]))
+        assert random.getstate() == before
+    assert len(verdicts_seen) == 1
+
+
 def test_an_empty_answer_follows_no_instruction():
     result = score_answers([by_key(1001), by_key(102)], ["", "   "])
     assert result["accuracy"] == {"prompt_strict": 0.0, "prompt_loose": 0.0,

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,7 +120,13 @@ def select_prompts(limit: int | None = None, seed: int = 0,
 
 
 def score_answer(prompt: IFEvalPrompt, answer: str) -> dict[str, Any]:
-    """Strict and loose verdicts for each instruction of one prompt (call inside :func:`offline_nltk`)."""
+    """Strict and loose verdicts for each instruction of one prompt (call inside :func:`offline_nltk`).
+
+    Two prompts (keys 1122 and 1129) ask for a count of "#" or "!", which the letter-frequency
+    checker does not accept, so it draws a random letter instead, in the official harness too.
+    dpokit draws it from `random.seed(key)` (the global random state is restored after), so a
+    prompt's verdict is the same on every run and in every subset.
+    """
     from if_verifiable.common import evaluate_instructions
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
@@ -127,11 +134,15 @@ def score_answer(prompt: IFEvalPrompt, answer: str) -> dict[str, Any]:
     if not answer.strip():  # as the official harness: an empty answer follows no instruction
         strict = loose = [False] * n
     else:
+        state = random.getstate()
+        random.seed(prompt.key)
         try:
             results, _ = evaluate_instructions(answer, list(prompt.instruction_ids), [dict(k) for k in prompt.kwargs],
                                                prompt.prompt, INSTRUCTION_DICT)
         except Exception as e:
             raise RuntimeError(f"IFEval checkers failed on prompt key {prompt.key}: {type(e).__name__}: {e}") from e
+        finally:
+            random.setstate(state)
         if [r.instruction_id for r in results] != list(prompt.instruction_ids):
             raise RuntimeError(f"IFEval prompt key {prompt.key}: if-verifiable returned verdicts for "
                                f"{[r.instruction_id for r in results]}, expected {list(prompt.instruction_ids)}")
