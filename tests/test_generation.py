@@ -133,13 +133,13 @@ def test_chat_messages_and_plain_strings_give_the_same_text(tiny):
     assert chat_texts(tokenizer, ["Hi"])[0].endswith("<|im_start|>assistant\n")
 
 
-def test_ifeval_harness_answers_scores_and_compares_adapter_off_and_on(tiny):
+def test_ifeval_harness_answers_scores_and_compares_adapter_off_and_on(tiny, tmp_path):
     import json
 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from dpokit.bench.harness import run_base_and_trained, run_ifeval
+    from dpokit.bench.harness import run_base_and_trained, run_ifeval, summary_lines, write_results
     from dpokit.bench.ifeval import select_prompts
 
     model, tokenizer = tiny
@@ -162,3 +162,12 @@ def test_ifeval_harness_answers_scores_and_compares_adapter_off_and_on(tiny):
     assert [a["answer"] for a in both["base"]["answers"]] == [a["answer"] for a in single["answers"]]
     assert [a["answer"] for a in both["trained"]["answers"]] != [a["answer"] for a in single["answers"]]
     assert set(both["comparison"]) == {"strict", "loose"}
+
+    paths = write_results(tmp_path, both, prompts)
+    summary = json.loads(paths["json"].read_text())
+    assert summary["base"]["accuracy"] == both["base"]["score"]["accuracy"] and "rows" not in summary["base"]
+    lines = [json.loads(line) for line in paths["answers"].read_text().splitlines()]
+    assert [(x["key"], x["trained"]["answer"]) for x in lines] == [(a["key"], a["answer"])
+                                                                   for a in both["trained"]["answers"]]
+    text = "\n".join(summary_lines(both))
+    assert "base" in text and "trained" in text and "wins" in text

@@ -49,3 +49,52 @@ def run_base_and_trained(peft_model, tokenizer, prompts: Sequence[IFEvalPrompt],
         base = run_ifeval(peft_model, tokenizer, prompts, progress="IFEval, base" if progress else None, **kwargs)
     trained = run_ifeval(peft_model, tokenizer, prompts, progress="IFEval, trained" if progress else None, **kwargs)
     return {"base": base, "trained": trained, "comparison": compare(base["score"], trained["score"])}
+
+
+def write_results(run_dir, result: dict[str, Any], prompts: Sequence[IFEvalPrompt]) -> dict[str, Any]:
+    """Write `bench_ifeval.json` (settings, scores, comparison) and `bench_ifeval_answers.jsonl` (per prompt:
+    the prompt, each answer and its verdicts) into `run_dir`, atomically. `result` is from
+    `run_base_and_trained` or `run_ifeval`. Returns the paths."""
+    import json
+    from pathlib import Path
+
+    from ..files import atomic_write_text
+    from .ifeval import PUBLISHED
+
+    run_dir = Path(run_dir)
+    passes = {name: result[name] for name in ("base", "trained") if name in result} or {"model": result}
+    summary = {"benchmark": "ifeval", "published": PUBLISHED,
+               **{name: {"settings": r["settings"], "generation": r["generation"],
+                         **{k: v for k, v in r["score"].items() if k != "rows"}} for name, r in passes.items()}}
+    if "comparison" in result:
+        summary["comparison"] = result["comparison"]
+    lines = []
+    for i, p in enumerate(prompts):
+        line: dict[str, Any] = {"key": p.key, "prompt": p.prompt, "instructions": list(p.instruction_ids)}
+        for name, r in passes.items():
+            row = r["score"]["rows"][i]
+            line[name] = {"answer": r["answers"][i]["answer"], "strict": row["strict"], "loose": row["loose"]}
+        lines.append(json.dumps(line, ensure_ascii=False))
+    paths = {"json": run_dir / "bench_ifeval.json", "answers": run_dir / "bench_ifeval_answers.jsonl"}
+    atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(paths["answers"], "\n".join(lines) + "\n")
+    return paths
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """A few lines for a terminal or a report: the four accuracies per pass, and wins/losses."""
+    passes = {name: result[name] for name in ("base", "trained") if name in result} or {"model": result}
+    first = next(iter(passes.values()))
+    settings = first["settings"]
+    lines = [f"IFEval, {first['score']['num_prompts']} prompts, greedy, {settings['max_new_tokens']} new tokens "
+             f"({settings['dtype']}):"]
+    for name, r in passes.items():
+        acc, avg = r["score"]["accuracy"], r["score"]["averages"]
+        lines.append(f"  {name:8s} prompt strict {acc['prompt_strict']:5.1f}%  loose {acc['prompt_loose']:5.1f}%   "
+                     f"instruction strict {acc['instruction_strict']:5.1f}%  loose {acc['instruction_loose']:5.1f}%   "
+                     f"avg prompt/inst strict {avg['strict']:.1f}")
+    if "comparison" in result:
+        c = result["comparison"]["strict"]
+        lines.append(f"  trained vs base (prompt level, strict): {c['wins']} wins / {c['ties']} ties / "
+                     f"{c['losses']} losses")
+    return lines
