@@ -12,6 +12,7 @@ per prompt, the ratio against the naive version, and how many answers equal the 
                      takes each finished answer out of the batch, fp32
     loop-b32-bf16    the same with the model in bfloat16 (fast only on CPUs with native bf16)
     loop-b64-bf16    batches of 64, bfloat16
+    ...-unsorted     any of these with the prompts batched in file order instead of by length
 
 Variants run in the order given, then again in reverse (--repeats 2, the default), and each time
 is the mean of its runs, so a machine whose load drifts does not favour whichever ran first.
@@ -38,7 +39,7 @@ from common import BENCH, atomic_write_text, machine, merge_results, say  # noqa
 RESULTS = BENCH / "results" / "generation.json"
 
 VARIANTS = ("naive", "generate-b8", "generate-b32", "loop-b32", "loop-b32-bf16", "loop-b64-bf16")
-PATTERN = r"(generate|loop)-b(\d+)(-bf16)?"
+PATTERN = r"(generate|loop)-b(\d+)(-bf16)?(-unsorted)?"
 
 
 def naive_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int = 8):
@@ -53,7 +54,8 @@ def naive_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: i
     model.eval()
     try:
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -73,11 +75,11 @@ def run_variant(name: str, models: dict, tokenizer, prompts, max_new_tokens: int
     if name == "naive":
         answers, tokens = naive_generate(models["fp32"], tokenizer, prompts, max_new_tokens)
     else:
-        engine, batch, bf16 = re.fullmatch(PATTERN, name).groups()
+        engine, batch, bf16, unsorted = re.fullmatch(PATTERN, name).groups()
         stats: dict = {}
         answers = generate_greedy(models["bf16" if bf16 else "fp32"], tokenizer, prompts,
                                   max_new_tokens=max_new_tokens, batch_size=int(batch), stats=stats,
-                                  drop_finished=engine == "loop")
+                                  drop_finished=engine == "loop", sort_by_length=not unsorted)
         tokens = stats["new_tokens"]
         say(f"    {stats['answers_at_limit']} of {len(prompts)} answers reached max_new_tokens")
     return answers, tokens, time.perf_counter() - start
@@ -88,14 +90,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompts", type=int, default=32, help="IFEval prompts (seeded subset, seed 0)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated: naive, or (generate|loop)-b<batch size>[-bf16]")
+                        help="comma-separated: naive, or (generate|loop)-b<batch size>[-bf16][-unsorted]")
     parser.add_argument("--repeats", type=int, default=2, help="runs per variant (alternating order)")
     parser.add_argument("--out", type=Path, help="also write the answers and figures to this JSON file")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = {v for v in variants if v != "naive" and not re.fullmatch(PATTERN, v)}
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; use naive or (generate|loop)-b<N>[-bf16]")
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; "
+                     "use naive or (generate|loop)-b<N>[-bf16][-unsorted]")
 
     import torch
 

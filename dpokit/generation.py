@@ -57,7 +57,7 @@ def greedy_dtype():
 
 def generate_greedy(model, tokenizer, prompts: Sequence[Prompt], max_new_tokens: int = 256, batch_size: int = 32,
                     progress: str | None = None, strip: bool = True, stats: dict | None = None,
-                    drop_finished: bool = True) -> list[str]:
+                    drop_finished: bool = True, sort_by_length: bool = True) -> list[str]:
     """Greedy completions for chat prompts, in the order given.
 
     `progress` is the label of a tqdm bar (None: no bar). `strip` removes surrounding whitespace
@@ -65,6 +65,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[Prompt], max_new_tokens:
     behind the speed: prompts, new tokens, answers that hit the limit, seconds. `drop_finished`
     decodes with dpokit's loop, which takes each finished answer out of the batch; False (or a
     model whose forward takes no cache argument) uses `transformers`' `generate` per batch.
+    `sort_by_length=False` batches the prompts in the order given (only to measure what sorting gains).
     """
     import torch
     from tqdm.auto import tqdm
@@ -74,7 +75,9 @@ def generate_greedy(model, tokenizer, prompts: Sequence[Prompt], max_new_tokens:
     texts = chat_texts(tokenizer, prompts)
     add_special = tokenizer.chat_template is None  # the template already wrote any BOS
     encoded = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))  # longest first
+    order = list(range(len(encoded)))
+    if sort_by_length:
+        order.sort(key=lambda i: (-len(encoded[i]), i))  # longest first
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     forward_args = _forward_arguments(model) if drop_finished else None

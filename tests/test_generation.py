@@ -171,3 +171,9 @@ def test_ifeval_harness_answers_scores_and_compares_adapter_off_and_on(tiny, tmp
                                                                    for a in both["trained"]["answers"]]
     text = "\n".join(summary_lines(both))
     assert "base" in text and "trained" in text and "wins" in text
+
+
+def test_unsorted_batches_give_the_same_answers(tiny):
+    model, tokenizer = tiny
+    assert generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, sort_by_length=False) == \
+        generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3)
