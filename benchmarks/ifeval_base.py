@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
         "model": MODEL_ID + " (GGUF Q4_1 weights dequantized; see docs/ifeval.md)",
         "prompts": len(prompts), "subset_seed": args.seed if args.limit else None,
         "settings": result["settings"], "generation": result["generation"], "wall_seconds": round(wall, 1),
-        **scores(score), "published": PUBLISHED, "machine": state,
+        **scores(score), "machine": state,
     }
     name = (f"{'all' if args.limit is None else f'subset{len(prompts)}_seed{args.seed}'}_"
             f"{args.max_new_tokens}tok_{result['settings']['dtype']}")
@@ -97,7 +97,7 @@ def scores(score: dict) -> dict:
     from dpokit.bench.ifeval import PUBLISHED
 
     return {"accuracy": score["accuracy"], "interval95": score["interval95"], "averages": score["averages"],
-            "per_instruction": score["per_instruction"],
+            "per_instruction": score["per_instruction"], "published": PUBLISHED,
             "vs_published": {k: round(v - PUBLISHED["ifeval"], 2) for k, v in score["averages"].items()}}
 
 

@@ -34,7 +34,11 @@ PUBLISHED = {
     "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "ifeval": 29.9,
     "label": "IFEval (Average prompt/inst)",
+    "compare_with": "averages.strict",  # the usual reading; the card does not say strict or loose
     "source": "SmolLM2-135M-Instruct model card (Hugging Face Hub), evaluated with lighteval",
+    "generation": {"harness": "lighteval db609f7, extended|ifeval|0|0, vLLM backend", "decoding": "greedy",
+                   "max_new_tokens": 1280, "dtype": "bfloat16", "chat_template": True,
+                   "system_prompt": "none given (the SmolLM2 template adds its default one)"},
 }
 
 
