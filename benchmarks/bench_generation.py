@@ -16,7 +16,9 @@ per prompt, the ratio against the naive version, and how many answers equal the 
 
 Variants run in the order given, then again in reverse (--repeats 2, the default), and each time
 is the mean of its runs, so a machine whose load drifts does not favour whichever ran first.
-Run it on an idle machine, one benchmark at a time; the load average is printed and recorded.
+Both wall time and the process' CPU time are measured: on a shared machine, wall time depends on
+what else runs, while with 1 thread (OMP_NUM_THREADS=1) the CPU time is the work itself. The load
+average is printed and recorded.
 
     python benchmarks/bench_generation.py --prompts 32 --max-new-tokens 256
 """
@@ -71,7 +73,7 @@ def naive_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: i
 def run_variant(name: str, models: dict, tokenizer, prompts, max_new_tokens: int):
     from dpokit.generation import generate_greedy
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if name == "naive":
         answers, tokens = naive_generate(models["fp32"], tokenizer, prompts, max_new_tokens)
     else:
@@ -82,7 +84,7 @@ def run_variant(name: str, models: dict, tokenizer, prompts, max_new_tokens: int
                                   drop_finished=engine == "loop", sort_by_length=not unsorted)
         tokens = stats["new_tokens"]
         say(f"    {stats['answers_at_limit']} of {len(prompts)} answers reached max_new_tokens")
-    return answers, tokens, time.perf_counter() - start
+    return answers, tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv=None) -> dict:
@@ -116,29 +118,36 @@ def main(argv=None) -> dict:
         f"torch threads {torch.get_num_threads()}, load average {state['load_avg_at_start']}")
 
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_times: dict[str, list[float]] = {v: [] for v in variants}
     answers, tokens = {}, {}
     for r in range(args.repeats):
         for name in variants if r % 2 == 0 else variants[::-1]:
-            out, n, seconds = run_variant(name, models, tokenizer, prompts, args.max_new_tokens)
+            out, n, seconds, cpu = run_variant(name, models, tokenizer, prompts, args.max_new_tokens)
             times[name].append(seconds)
-            say(f"  run {r + 1}: {name:16s} {seconds:7.1f} s  {n / seconds:6.1f} tok/s")
+            cpu_times[name].append(cpu)
+            say(f"  run {r + 1}: {name:18s} {seconds:7.1f} s wall  {cpu:7.1f} s CPU  {n / seconds:6.1f} tok/s")
             if name in answers and answers[name] != out:
                 say(f"  note: {name} gave different answers on run {r + 1} (non-deterministic kernels?)")
             answers[name], tokens[name] = out, n
 
     reference = "naive" if "naive" in variants else variants[0]
     figures = {}
-    say(f"\n{'variant':16s} {'seconds':>8s} {'s/prompt':>9s} {'tok/s':>7s} {'speed-up':>9s}"
-        f"  same answers as {reference}")
+    say(f"\n{'variant':18s} {'wall s':>7s} {'s/prompt':>8s} {'tok/s':>6s} {'speed-up':>8s} {'CPU s':>7s} "
+        f"{'speed-up':>8s}  same answers as {reference}")
     for name in variants:
-        seconds = statistics.mean(times[name])
+        seconds, cpu = statistics.mean(times[name]), statistics.mean(cpu_times[name])
         same = sum(a == b for a, b in zip(answers[name], answers[reference]))
         ratio = statistics.mean(times[reference]) / seconds
+        cpu_ratio = statistics.mean(cpu_times[reference]) / cpu
         figures[name] = {"seconds": round(seconds, 1), "seconds_per_prompt": round(seconds / len(prompts), 2),
                          "tokens": tokens[name], "tokens_per_s": round(tokens[name] / seconds, 1),
-                         "speedup_vs_" + reference: round(ratio, 2), "same_answers": same, "runs_s": times[name]}
-        say(f"{name:16s} {seconds:8.1f} {seconds / len(prompts):9.2f} {tokens[name] / seconds:7.1f} {ratio:8.2f}x"
-            f"  {same}/{len(prompts)}")
+                         "speedup_vs_" + reference: round(ratio, 2), "cpu_seconds": round(cpu, 1),
+                         "cpu_speedup_vs_" + reference: round(cpu_ratio, 2), "same_answers": same,
+                         "runs_s": [round(t, 1) for t in times[name]],
+                         "runs_cpu_s": [round(t, 1) for t in cpu_times[name]]}
+        say(f"{name:18s} {seconds:7.1f} {seconds / len(prompts):8.2f} {tokens[name] / seconds:6.1f} {ratio:7.2f}x "
+            f"{cpu:7.1f} {cpu_ratio:7.2f}x  {same}/{len(prompts)}")
+    say("(on a busy machine read the CPU columns: with 1 thread, CPU time is the work done, whatever else runs)")
     try:
         state["load_avg_at_end"] = os.getloadavg()
     except OSError:
