@@ -52,7 +52,9 @@ class DatasetSection(Section):
     subset: str | None = Field(None, description="Dataset subset/config name (hub datasets) or data_dir; for "
                                 "`embedded:instruct-tasks`, comma-separated task families (null = the default set).")
     split: str = Field("train", description="Split to train on.")
-    prompt_column: str = Field("prompt", description="Column with prompts (absent for implicit-prompt data).")
+    prompt_column: str | None = Field(
+        "prompt", description="Column with prompts; null = the data has none (implicit prompt as in hh-rlhf, or "
+        "conversational rows whose prompt is the shared leading messages).")
     chosen_column: str = Field("chosen", description="Column with preferred responses.")
     rejected_column: str = Field("rejected", description="Column with rejected responses.")
     max_samples: int | None = Field(1000, gt=0, description="Keep at most this many rows (seeded shuffle); null = all.")

@@ -151,13 +151,25 @@ def resolve_columns(columns: list[str], ds_cfg) -> tuple[str | None, str, str]:
         raise DataError(
             "dataset: column(s) " + ", ".join(f"{key}='{col}'" for key, col in missing)
             + f" not found. The dataset has columns: {columns}." + hint)
-    prompt = ds_cfg.prompt_column if ds_cfg.prompt_column in columns else None
-    if prompt is None and ds_cfg.prompt_column != "prompt":
-        close = difflib.get_close_matches(ds_cfg.prompt_column, columns, n=1)
-        raise DataError(f"dataset.prompt_column: '{ds_cfg.prompt_column}' not found; columns: {columns}."
+    return _prompt_column(columns, ds_cfg.prompt_column), ds_cfg.chosen_column, ds_cfg.rejected_column
+
+
+def _prompt_column(columns: list[str], configured: str | None) -> str | None:
+    """The prompt column, or None for data without one.
+
+    null says so explicitly; the default name 'prompt' may be absent (implicit-prompt data); any
+    other configured name must exist."""
+    if configured is None:
+        return None
+    if configured in columns:
+        return configured
+    if configured != "prompt":
+        close = difflib.get_close_matches(configured, columns, n=1)
+        raise DataError(f"dataset.prompt_column: '{configured}' not found; columns: {columns}."
                         + (f" Did you mean '{close[0]}'?" if close else "")
-                        + " Leave it as 'prompt' (absent) for implicit-prompt data such as hh-rlhf.")
-    return prompt, ds_cfg.chosen_column, ds_cfg.rejected_column
+                        + " Set prompt_column: null for data without a prompt column (implicit prompt as in "
+                        "hh-rlhf, or conversational message lists).")
+    return None
 
 
 def _suggest_mapping(columns: list[str]) -> str:
@@ -320,6 +332,17 @@ def describe_format(fmt: str, cols: tuple[str | None, str, str], as_chat: bool) 
     return text
 
 
+def describe_prompt_column(configured: str | None, columns: list[str], prompt: str | None) -> str | None:
+    """How the prompt column was resolved, for the format report (None when it was simply found)."""
+    if configured is None:
+        extra = " (the data's 'prompt' column is not used)" if "prompt" in columns else ""
+        return f"prompt column: none (dataset.prompt_column: null){extra}"
+    if prompt is None:
+        return ("prompt column: none ('prompt' is not in the data, so the prompt comes from the shared start of "
+                "chosen and rejected; `prompt_column: null` says so explicitly)")
+    return None
+
+
 def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> PreferenceData:
     """Load, normalise, limit (max_samples) and split the configured dataset."""
     ds_cfg, seed = config.dataset, config.seed
@@ -334,6 +357,9 @@ def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> Pr
     cols = resolve_columns(list(raw.column_names), ds_cfg)
     data, fmt, dropped = normalise(raw, ds_cfg, as_chat)
     notes = [f"format: {describe_format(fmt, cols, as_chat)}"]
+    prompt_note = describe_prompt_column(ds_cfg.prompt_column, list(raw.column_names), cols[0])
+    if prompt_note:
+        notes.append(prompt_note)
     if dropped:
         notes.append("dropped rows: " + ", ".join(f"{n} ({why})" for why, n in dropped.items()))
     if ds_cfg.max_samples and len(data) > ds_cfg.max_samples:
