@@ -82,6 +82,10 @@ class Method:
     def check_resolved(self, trainer, config) -> None:
         """Raise if TRL resolved this method's settings differently from the config (no silent fallback)."""
 
+    def trainer_rows(self, dataset, config):
+        """The rows handed to the TRL trainer for a split of preference pairs (most methods: the pairs as they are)."""
+        return dataset
+
     # ------------------------------------------------------------------ rules and advice
     def rules(self, config) -> list[Problem]:
         """Problems of the config for this method (they stop a run before anything loads)."""
@@ -182,7 +186,8 @@ class IPO(DPO):
 
 class KTO(Method):
     name = "kto"
-    summary = "Kahneman-Tversky Optimization (TRL KTOTrainer) on unpaired desirable/undesirable rows."
+    summary = ("Kahneman-Tversky Optimization (TRL KTOTrainer) on unpaired rows: each pair becomes a desirable and "
+               "an undesirable row, interleaved (seeded) so every batch holds both.")
     trainer, config = "trl:KTOTrainer", "trl:KTOConfig"
     loss_types, default_loss = KTO_LOSS_TYPES, "kto"
     loss_aliases = {"kto_pair": "kto"}
@@ -193,6 +198,14 @@ class KTO(Method):
         pt = config.post_training
         loss = self.loss_types_of(pt)[0]
         return dict(loss_type=self.loss_aliases.get(loss, loss), precompute_ref_log_probs=pt.precompute_ref_log_probs)
+
+    def trainer_rows(self, dataset, config):
+        """Unpaired rows, alternating desirable and undesirable, from a seeded shuffle (`unpair_interleaved`).
+
+        TRL's own unpairing puts each block of up to 1000 pairs as all chosen rows, then all rejected ones,
+        and KTOTrainer reads its data in order (its KL estimate pairs each row with a neighbour of the
+        same batch): a short run would see only desirable rows."""
+        return unpair_interleaved(dataset, config.seed)
 
     def rules(self, config) -> list[Problem]:
         out = super().rules(config)
@@ -228,6 +241,33 @@ class ORPO(Method):
             return ["orpo is reference-free: use_ref_model is not used, and beta is ORPO's λ "
                     "(weight of the odds-ratio term)"]
         return []
+
+
+def unpair_interleaved(pairs, seed: int):
+    """Preference pairs -> unpaired rows (prompt, completion, label) in the order desirable, undesirable, ...
+
+    The pairs are shuffled with `seed`; row 2i is the chosen answer of the i-th shuffled pair and row
+    2i+1 the rejected answer of the pair half the dataset further on. So any run of two or more
+    consecutive rows (a batch, read in order) holds both labels, and the two halves of one pair are
+    never in the same batch: the KL term, which scores each prompt with another row's completion of
+    the batch, sees completions written for other prompts. Other columns are kept on both rows.
+    """
+    import numpy as np
+    from datasets import interleave_datasets
+
+    n = len(pairs)
+    if n == 0:
+        return pairs
+    order = np.random.default_rng(seed).permutation(n)
+    others = [c for c in pairs.column_names if c not in ("chosen", "rejected")]
+
+    def side(indices, column: str, label: bool):
+        rows = pairs.select(indices).select_columns([*others, column]).rename_column(column, "completion")
+        return rows.add_column("label", [label] * len(rows))
+
+    desirable = side(order, "chosen", True)
+    undesirable = side(np.roll(order, -(n // 2)), "rejected", False)
+    return interleave_datasets([desirable, undesirable])
 
 
 METHODS: dict[str, Method] = {}
