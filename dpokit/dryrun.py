@@ -51,9 +51,9 @@ def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
         failures += _explain_model(config, i, device)
     root = Path(output_dir or config.training.output_dir).expanduser()
     print(f"\n== runs would be written under {root.resolve()} (a fresh directory per model; nothing is overwritten)")
-    machine = device_problems(config, device)
-    for p in machine:
-        print(f"   ! on this machine the run would stop: {p}")
+    for i in indices:
+        for p in device_problems(config.for_model(i), device):
+            print(f"   ! on this machine the run of models[{i}] ({config.models[i].name}) would stop: {p}")
     print("\n== dry run: no weights loaded, nothing trained" + (f"; {failures} model(s) have problems" if failures else ""))
     return 2 if failures else 0
 
@@ -61,10 +61,15 @@ def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
 def _explain_model(config, index: int, device: DeviceInfo) -> int:
     from .data import load_preference_data
 
-    spec = config.models[index]
+    overrides = config.models[index].overrides()
+    config = config.for_model(index)  # this model's effective config: its own lora/precision applied
+    spec = config.models[0]
     pt = config.post_training
     method = get_method(pt.method)
     print(f"== model {index}: {spec.name} ({spec.huggingface_id})")
+    if overrides:
+        print("   its own settings (models[{}]): {}".format(index, ", ".join(
+            f"{section}.{key}={value}" for section, values in overrides.items() for key, value in values.items())))
     print(f"   method: {pt.method} — {method.summary}")
     if method.loss_types:
         print(f"   loss_type: {pt.loss_types}" + (f" weights {pt.loss_weights}" if pt.loss_weights else ""))
@@ -114,13 +119,13 @@ def _explain_weights(config, spec):
 
     model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
     layout = model_layout(model_config)
-    check_target_names(layout.module_names, layout.linear_names, config.lora.target_modules, layout.model_type)
+    check_target_names(layout.module_names, layout.linear_names, config.lora.target_modules, layout.model_type,
+                       where=config.path_of("lora.target_modules"), model_name=spec.name)
     total, lora = layout.num_parameters, config.lora
     trainable = lora_parameter_count(layout.linears, lora.target_modules, lora.r, lora.use_dora)
     print(f"   model: {layout.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
-    index = next(i for i, m in enumerate(config.models) if m is spec)
-    for line in format_estimate(estimate_memory(config, index, model_config=model_config, layout=layout)):
+    for line in format_estimate(estimate_memory(config, 0, model_config=model_config, layout=layout)):
         print(f"   {line}")
     return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
 

@@ -218,7 +218,8 @@ def estimate_memory(config, model_index: int = 0, *, device: str | None = None, 
     """
     from .models import load_model_config
 
-    spec = config.models[model_index]
+    config = config.for_model(model_index)  # the model's own lora/precision, when its entry sets them
+    spec = config.models[0]
     t, pt, lora = config.training, config.post_training, config.lora
     if model_config is None:
         model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)

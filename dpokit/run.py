@@ -163,7 +163,8 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
     from .rules import device_problems
 
     quiet_library_noise(config.logging.log_level)
-    spec = config.models[model_index]
+    config = config.for_model(model_index)  # this model's effective config: its own overrides applied
+    spec = config.models[0]
     pt = config.post_training
     device_info = DeviceInfo.detect()
     run: RunDir | None = None
@@ -256,7 +257,8 @@ def _build(config, spec, run: RunDir, tokenizer, data, device: str):
     method = get_method(pt.method)
     set_seed(config.seed)  # before the LoRA adapter is initialised: same seed -> same adapter
     model = load_model(spec.huggingface_id, spec.trust_remote_code)
-    check_target_modules(model, config.lora.target_modules)
+    check_target_modules(model, config.lora.target_modules, where=config.path_of("lora.target_modules"),
+                         model_name=spec.name)
     ref_model = None
     if method.uses_reference:
         say(f"   reference: {method.reference_note(config, spec.huggingface_id)}")
@@ -318,6 +320,15 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _check_lora_targets(config, indices: list[int]) -> None:
+    """Every model's LoRA targets against its own layers, before the first model loads (exit 2 if any miss)."""
+    from .targets import lora_target_problems
+
+    problems = lora_target_problems(config, indices)
+    if problems:
+        raise ConfigError(problems)
+
+
 def train(config, model_index: int | None = None, output_dir: str | None = None) -> list[RunResult]:
     """Train the config's models one after another (or only `model_index`); see the module docstring."""
     from .compat import check_versions
@@ -327,6 +338,7 @@ def train(config, model_index: int | None = None, output_dir: str | None = None)
     output_root = Path(output_dir or config.training.output_dir).expanduser()
     indices = [model_index] if model_index is not None else list(range(len(config.models)))
     load_preference_data(config, True)  # bad data stops here, before any model is loaded (exit 2)
+    _check_lora_targets(config, indices)
     results = [run_one(config, i, output_root) for i in indices]
     if len(config.models) > 1 and model_index is None:
         if is_rank_zero():
