@@ -205,6 +205,7 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
 def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> RunResult:
     """Load, train, record and (when asked) evaluate one model in `run`."""
     tokenizer, data = _prepare_data(config, spec, run, device)
+    _give_advice(config, run, len(data.train))
     trainer, watch = _build(config, spec, run, tokenizer, data, device)
     from .tracking import tracking_environment
 
@@ -243,6 +244,18 @@ def _prepare_data(config, spec, run: RunDir, device: str):
         say(f"   ! {note}")
     run.write_json(ENVIRONMENT_FILE, environment_record(config, data, device))
     return tokenizer, data
+
+
+def _give_advice(config, run: RunDir, n_train_rows: int) -> list[str]:
+    """The guide's tips for this model's run (what `--dry-run` prints), printed and kept in summary.json."""
+    from .machine import DeviceInfo
+    from .rules import advise
+
+    notes = advise(config, DeviceInfo.detect(), n_train_rows)
+    for note in notes:
+        say(f"   ! advice: {note}")
+    run.update_summary(advice=notes)
+    return notes
 
 
 def _build(config, spec, run: RunDir, tokenizer, data, device: str):
@@ -302,6 +315,7 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
         "resumed_from": str(ckpt) if ckpt else None,
         "stopped_reason": watch.stopped_reason,
         "health": alarms,
+        "advice": run.summary().get("advice", []),  # the guide's tips, as printed at the start
         "trl_settings": resolved_trainer_settings(trainer),
         "device": device,
     }

@@ -99,3 +99,19 @@ def test_the_dry_run_checks_each_model_against_its_own_layers(tiny_llama_dir, ti
     assert main(["train", "--config", str(path), "--dry-run"]) == 2
     out = capsys.readouterr().out
     assert "ERROR: models.1.lora.target_modules: ['q_proj'] match no module of gpt2" in out
+
+
+def test_train_prints_the_guides_advice_once_per_model_and_keeps_it_in_the_summary(
+        tiny_llama_dir, tiny_gpt2_dir, pairs_file, tmp_path, capsys):
+    models = [{"name": "llama", "huggingface_id": str(tiny_llama_dir)},
+              {"name": "gpt2", "huggingface_id": str(tiny_gpt2_dir), "lora": {"target_modules": ["c_attn"]}}]
+    results = train(batch_config(tmp_path, pairs_file, models))  # lr 1e-3, effective batch 2, 24 pairs
+    out = capsys.readouterr().out
+    assert out.count("! advice: learning_rate 0.001 > 1e-5") == 2
+    assert out.count("! advice: effective batch size 2") == 2
+    for result in results:
+        block = out.split(f"== {result.model} (")[1].split("\n== ")[0]  # printed in that model's own block
+        assert "! advice: learning_rate 0.001" in block
+        advice = json.loads((Path(result.run_dir) / "summary.json").read_text())["advice"]
+        assert any(a.startswith("learning_rate 0.001 > 1e-5") for a in advice)
+        assert any(a.startswith("24 training rows (< 1K)") for a in advice)
