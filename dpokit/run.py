@@ -280,7 +280,27 @@ def _build(config, spec, run: RunDir, tokenizer, data, device: str):
     watch = HealthWatch()
     trainer = build_trainer(config, model=model, tokenizer=tokenizer, data=data, run_dir=run.path,
                             ref_model=ref_model, callbacks=[MetricsLogger(run), watch], use_cpu=device == "cpu")
+    ref_model = None  # our own reference to the separate reference model, so it can be freed below
+    _release_precomputed_reference(trainer, run)
     return trainer, watch
+
+
+def _release_precomputed_reference(trainer, run: RunDir) -> None:
+    """With precomputed reference log-probs the separate reference model is no longer needed: free it."""
+    import psutil
+
+    from .trl_hooks import release_reference
+
+    before = psutil.Process().memory_info().rss
+    released = release_reference(trainer)
+    if released is None:
+        return
+    change_mb = (psutil.Process().memory_info().rss - before) / 2**20
+    if released:
+        say(f"   reference model freed once its log-probs were precomputed (resident memory {change_mb:+.0f} MB)")
+    else:
+        say("   ! the reference model is still referenced after its log-probs were precomputed; it stays in memory")
+    run.update_summary(reference_released=released, reference_release_rss_change_mb=round(change_mb, 1))
 
 
 def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtime: float, ckpt, device: str) -> dict:
@@ -315,7 +335,7 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
         "resumed_from": str(ckpt) if ckpt else None,
         "stopped_reason": watch.stopped_reason,
         "health": alarms,
-        "advice": run.summary().get("advice", []),  # the guide's tips, as printed at the start
+        **_recorded_at_start(run),
         "trl_settings": resolved_trainer_settings(trainer),
         "device": device,
     }
@@ -325,6 +345,14 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
         summary["plots"] = [str(p) for p in plot_run(run)]
     run.write_summary(summary)
     return summary
+
+
+def _recorded_at_start(run: RunDir) -> dict:
+    """What the run wrote into summary.json before training (the guide's advice, the reference release)."""
+    started = run.summary()
+    out = {"advice": started.get("advice", [])}
+    out.update({k: started[k] for k in ("reference_released", "reference_release_rss_change_mb") if k in started})
+    return out
 
 
 def _free_device_memory() -> None:

@@ -106,6 +106,31 @@ class TruncationHooks:
                                         num_items_in_batch=num_items_in_batch)
 
 
+def release_reference(trainer) -> bool | None:
+    """Drop the separate reference model once TRL has precomputed its log-probs (`precompute_ref_log_probs`).
+
+    TRL keeps `trainer.ref_model` for the whole run although, with the log-probs in the dataset, no training
+    or evaluation step reads it again: for a 7B model that is ~28 GB held for nothing. Its references are the
+    trainer's attribute and the list of models accelerate prepared (`Accelerator._models`); the caller must
+    drop its own. Returns True when the model was garbage-collected (checked with a weak reference), False
+    when something still holds it, None when there was nothing to release.
+    """
+    import gc
+    import weakref
+
+    reference = trainer.ref_model
+    if reference is None or not getattr(trainer.args, "precompute_ref_log_probs", False):
+        return None
+    probe = weakref.ref(reference)
+    prepared = getattr(trainer.accelerator, "_models", None)  # accelerate keeps every prepared model here
+    if isinstance(prepared, list):
+        prepared[:] = [m for m in prepared if m is not reference]
+    trainer.ref_model = None
+    del reference
+    gc.collect()
+    return probe() is None
+
+
 class completion_tokens_only:
     """Context in which TRL's fused LM head scores only the completion tokens on CPU too (same log-probs).
 
