@@ -118,7 +118,7 @@ def release_reference(trainer) -> bool | None:
     import gc
     import weakref
 
-    reference = trainer.ref_model
+    reference = getattr(trainer, "ref_model", None)  # ORPO has none
     if reference is None or not getattr(trainer.args, "precompute_ref_log_probs", False):
         return None
     probe = weakref.ref(reference)
