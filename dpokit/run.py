@@ -227,8 +227,21 @@ def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> R
         summary["eval"] = {k: v for k, v in result.items() if k not in ("outside_task", "samples", "per_family")}
         summary["eval"]["outside_task_lost"] = result["outside_task"]["lost"]
         run.write_summary(summary)
+    elif data.eval is not None and is_rank_zero():
+        _score_validation_pairs(run, summary)
     _free_device_memory()
     return RunResult(model=spec.name, status="completed", run_dir=str(run), summary=summary)
+
+
+def _score_validation_pairs(run: RunDir, summary: dict) -> None:
+    """Reward accuracy and margins on the validation pairs, before and after (eval.json `preference`)."""
+    from .preference_eval import describe, evaluate_run_preferences
+
+    start = time.perf_counter()
+    result = evaluate_run_preferences(run)
+    say(f"   {describe(result)} ({time.perf_counter() - start:.0f} s)")
+    summary["eval"] = {"preference": result}
+    run.write_summary(summary)
 
 
 def _prepare_data(config, spec, run: RunDir, device: str):
