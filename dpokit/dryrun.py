@@ -76,9 +76,9 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
     if spec.trust_remote_code:
         print("   trust_remote_code: true — this model's own Python code will run")
     _explain_reference(config, spec)
-    tokenizer, problem = None, 0
+    tokenizer, problem, weights = None, 0, None
     try:
-        tokenizer = _explain_weights(config, spec)
+        tokenizer, weights = _explain_weights(config, spec)
     except ModelError as e:
         unreachable = "cannot be reached" in str(e) or "not in the local" in str(e)
         print(f"   {'note' if unreachable else 'ERROR'}: {e}")
@@ -96,9 +96,10 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
           + (f" / {len(data.heldout)} held-out task prompts" if data.heldout is not None else ""))
     for note in data.notes:
         print(f"   data {note}")
-    if tokenizer is not None:
-        _explain_tokens(config, tokenizer, data)
+    stats = _explain_tokens(config, tokenizer, data) if tokenizer is not None else None
     _explain_schedule(config, n_train, device)
+    if stats is not None and weights is not None:
+        _explain_time(config, weights, stats, n_train, n_eval, device)
     return problem
 
 
@@ -127,10 +128,10 @@ def _explain_weights(config, spec):
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
     for line in format_estimate(estimate_memory(config, 0, model_config=model_config, layout=layout)):
         print(f"   {line}")
-    return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
+    return load_tokenizer(spec.huggingface_id, spec.trust_remote_code), (model_config, layout)
 
 
-def _explain_tokens(config, tokenizer, data) -> None:
+def _explain_tokens(config, tokenizer, data) -> dict:
     from .data import length_report, tokenize_pair
 
     t = config.training
@@ -152,6 +153,7 @@ def _explain_tokens(config, tokenizer, data) -> None:
               "adds another): strip it from the data")
     if n and stats["completion_truncated"] > n / 2:
         print("   ! most completions are truncated: raise max_completion_length or the model learns from fragments")
+    return stats
 
 
 def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:
@@ -166,6 +168,17 @@ def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:
     print(f"   schedule: {plan.describe()}; {steps}")
     for note in advise(config, device, n_train):
         print(f"   ! {note}")
+
+
+def _explain_time(config, weights, stats: dict, n_train: int, n_eval: int, device: DeviceInfo) -> None:
+    """Expected seconds per optimizer step and for the run (dpokit/timing.py)."""
+    from .timing import estimate_time, format_time_estimate
+
+    model_config, layout = weights
+    plan = schedule(config, device.cuda_devices, n_train)
+    estimate = estimate_time(config, model_config, layout, stats, n_train, n_eval, plan.total_steps, device.device)
+    for line in format_time_estimate(estimate):
+        print(f"   {line}")
 
 
 def _clip(text: str, n: int = 400) -> str:

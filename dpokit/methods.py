@@ -53,6 +53,10 @@ class Method:
     uses_reference: bool = True  # has a reference model term
     rows_per_pair: int = 1  # training rows one preference pair becomes
     metrics: tuple[str, ...] = ()  # metric names the trainer logs (without `eval_`)
+    # What one batch row costs in a training step (the memory and time estimates read these):
+    sequences_per_row: int = 2  # sequences the policy runs with gradients (a pair: chosen and rejected)
+    no_grad_sequences_per_row: int = 0  # extra policy sequences without gradients (KTO's KL completions)
+    full_logits: bool = False  # scores whole sequences through the full LM head (else TRL's fused head, completions)
 
     # ------------------------------------------------------------------ TRL classes
     def trainer_class(self):
@@ -192,6 +196,7 @@ class KTO(Method):
     loss_types, default_loss = KTO_LOSS_TYPES, "kto"
     loss_aliases = {"kto_pair": "kto"}
     rows_per_pair = 2  # each pair becomes a desirable and an undesirable row
+    sequences_per_row, no_grad_sequences_per_row = 1, 1  # a row, and its KL completion (prompt + another answer)
     metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl")
 
     def trl_kwargs(self, config) -> dict:
@@ -221,6 +226,7 @@ class ORPO(Method):
     summary = "Odds Ratio Preference Optimization (trl.experimental.orpo): SFT + odds-ratio term, no reference model."
     trainer, config = "trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig"
     uses_reference = False
+    full_logits = True  # its trainer computes the full (2·batch, sequence, vocabulary) logits, and an SFT term on them
     metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "nll_loss", "log_odds_ratio", "log_odds_chosen")
 
