@@ -209,10 +209,12 @@ def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> R
     trainer, watch = _build(config, spec, run, tokenizer, data, device)
     from .tracking import tracking_environment
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with tracking_environment(config):
         output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    cpu_s = time.process_time() - cpu_start  # CPU time of all threads: unlike wall time, not stretched by other work
     summary = _finish(config, spec, run, trainer, watch, tokenizer, output, time.perf_counter() - start, ckpt, device)
+    summary = run.update_summary(train_cpu_s=round(cpu_s, 2))
     if summary["status"] != "completed":
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
