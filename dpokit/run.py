@@ -11,6 +11,7 @@ Statuses: completed, failed, stopped (the health watch stopped it), interrupted 
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 import time
@@ -221,6 +222,7 @@ def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> R
         return RunResult(model=spec.name, status=summary["status"], run_dir=str(run), error=watch.stopped_reason,
                          summary=summary)
     del trainer
+    gc.collect()  # the trainer's model and optimizer state hold reference cycles: free them before evaluation
     if wants_evaluation(config) and is_rank_zero():
         from .evaluate import evaluate_run, print_report
 

@@ -82,3 +82,27 @@ def test_degeneration_is_flagged_as_a_change_from_the_base_answer():
     assert result["degenerate"] == 1 and result["degenerate_base"] == 1 and result["degenerate_trained"] == 2
     assert result["rows"][0]["flags"] and not result["rows"][0]["new_flags"]
     assert result["rows"][1]["new_flags"] == result["rows"][1]["flags"] != []
+
+
+def test_the_trained_model_is_freed_before_the_validation_pairs_load_it_again(tiny_llama_dir, pairs_file, tmp_path,
+                                                                               monkeypatch):
+    import weakref
+
+    import dpokit.preference_eval
+    import dpokit.trainers
+
+    probes, alive = [], []
+    build, score = dpokit.trainers.build_trainer, dpokit.preference_eval.evaluate_run_preferences
+
+    def build_and_watch(*args, **kwargs):
+        probes.append(weakref.ref(kwargs["model"]))
+        return build(*args, **kwargs)
+
+    def score_and_check(run, *args, **kwargs):
+        alive.append(probes[0]() is not None)
+        return score(run, *args, **kwargs)
+
+    monkeypatch.setattr(dpokit.trainers, "build_trainer", build_and_watch)
+    monkeypatch.setattr(dpokit.preference_eval, "evaluate_run_preferences", score_and_check)
+    trained_run(tiny_llama_dir, pairs_file, tmp_path)
+    assert alive == [False]  # two copies of the model would raise the run's peak memory by its weights
