@@ -215,7 +215,8 @@ def _train_model(config, spec, run: RunDir, ckpt: Path | None, device: str) -> R
         output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     cpu_s = time.process_time() - cpu_start  # CPU time of all threads: unlike wall time, not stretched by other work
     summary = _finish(config, spec, run, trainer, watch, tokenizer, output, time.perf_counter() - start, ckpt, device)
-    summary = run.update_summary(train_cpu_s=round(cpu_s, 2))
+    summary["train_cpu_s"] = round(cpu_s, 2)
+    run.write_summary(summary)  # (main process only; the others keep their own copy, not the file's)
     if summary["status"] != "completed":
         if summary["status"] == "interrupted":
             raise KeyboardInterrupt
