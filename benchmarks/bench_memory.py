@@ -24,13 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import merge_results, run_python, say, write_rows  # noqa: E402
 
-# name: (pairs per batch, max_prompt_length, max_completion_length, LoRA rank, checkpointing, separate reference)
+# name: (pairs per batch, max_prompt_length, max_completion_length, LoRA rank, checkpointing, separate reference,
+#        method)
 CONFIGS = {
-    "b1-s128": (1, 96, 32, 16, False, False),
-    "b4-s128": (4, 96, 32, 16, False, False),
-    "b2-s256-r64": (2, 192, 64, 64, False, False),
-    "b2-s256-checkpointing": (2, 192, 64, 16, True, False),
-    "b2-s128-reference-model": (2, 96, 32, 16, False, True),
+    "b1-s128": (1, 96, 32, 16, False, False, "dpo"),
+    "b4-s128": (4, 96, 32, 16, False, False, "dpo"),
+    "b2-s256-r64": (2, 192, 64, 64, False, False, "dpo"),
+    "b2-s256-checkpointing": (2, 192, 64, 16, True, False, "dpo"),
+    "b2-s128-reference-model": (2, 96, 32, 16, False, True, "dpo"),
+    "b4-s128-ipo": (4, 96, 32, 16, False, False, "ipo"),
+    "b4-s128-kto": (4, 96, 32, 16, False, False, "kto"),
+    "b4-s256-kto-reference-model": (4, 192, 64, 16, False, True, "kto"),
+    "b2-s128-orpo": (2, 96, 32, 16, False, False, "orpo"),
+    "b2-s256-orpo": (2, 192, 64, 16, False, False, "orpo"),
+    "b3-s192-orpo": (3, 144, 48, 16, False, False, "orpo"),
 }
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
@@ -61,11 +68,11 @@ def fixed_length_rows(tokenizer, n: int, prompt_tokens: int) -> list[dict]:
 
 
 def config_for(name: str, model_dir: str, data: Path, work: Path) -> dict:
-    batch, prompt, completion, rank, checkpointing, reference = CONFIGS[name]
+    batch, prompt, completion, rank, checkpointing, reference, method = CONFIGS[name]
     return {
         "models": [{"name": "smollm2-135m", "huggingface_id": model_dir}],
         "dataset": {"name": str(data), "validation_split": 0.0, "max_samples": None},
-        "post_training": {"method": "dpo", "beta": 0.1, "use_ref_model": reference},
+        "post_training": {"method": method, "beta": 0.1, "use_ref_model": reference},
         "lora": {"r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
         "training": {"output_dir": str(work / "runs"), "max_steps": 2, "per_device_train_batch_size": batch,
@@ -147,7 +154,11 @@ def child(config_path: str, out_path: str) -> None:
         step = trainer.training_step
 
         def training_step(model, inputs, *a, **k):
-            rows, seq_len = (int(n) for n in inputs["input_ids"].shape)
+            if "input_ids" in inputs:  # DPO, KTO
+                rows, seq_len = (int(n) for n in inputs["input_ids"].shape)
+            else:  # ORPO: chosen and rejected, padded to one length when concatenated
+                sides = [inputs[f"{side}_input_ids"].shape for side in ("chosen", "rejected")]
+                rows, seq_len = sum(int(n) for n, _ in sides), max(int(w) for _, w in sides)
             if seq_len >= shape.get("seq_len", 0):
                 shape.update(rows=rows, seq_len=seq_len)
             return step(model, inputs, *a, **k)

@@ -2,7 +2,8 @@
 
     overhead_ratio         dpokit train step / plain TRL step (same work, alternating)   target <= 1.03
     sweep_ratio            4-beta sweep with the reference cache / recomputing           target <= 0.80
-    memory_estimate_error  max |estimate - measured| / measured peak RSS, 5 configs      target <= 0.15
+    memory_estimate_error  max |estimate - measured| / measured peak RSS, 11 configs,    target <= 0.15
+                           all four methods
     dry_run_s              `dpokit train --config configs/quickstart.yaml --dry-run` wall  target <= 5
     tokens_per_s, achieved_gflops, matmul_peak_gflops (same machine, same run, same threads)
 

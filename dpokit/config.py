@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
 from .errors import ConfigError, Problem
 
@@ -35,6 +35,22 @@ class ModelSpec(Section):
         description="Hub id (org/model), a local directory, or `embedded:smollm2-135m-instruct`."
     )
     trust_remote_code: bool = Field(False, description="Allow the model repo's own Python code to run.")
+    # Per-model overrides (see PER_MODEL_SECTIONS): only the keys given here differ from the shared sections.
+    lora: LoraOverride | None = Field(
+        None, description="This model's own LoRA keys (e.g. its family's target_modules); the others come from "
+        "the shared `lora` section.")
+    training: TrainingOverride | None = Field(
+        None, description="This model's own precision (fp16, bf16) and gradient_checkpointing; the rest of "
+        "`training` is shared.")
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}} this entry sets for its model only (keys it leaves out are not listed)."""
+        out = {}
+        for section in PER_MODEL_SECTIONS:
+            value = getattr(self, section, None)
+            if value is not None and value.model_fields_set:
+                out[section] = value.model_dump(mode="json", exclude_unset=True)
+        return out
 
     @field_validator("name")
     @classmethod
@@ -53,7 +69,9 @@ class DatasetSection(Section):
     subset: str | None = Field(None, description="Dataset subset/config name (hub datasets) or data_dir; for "
                                 "`embedded:instruct-tasks`, comma-separated task families (null = the default set).")
     split: str = Field("train", description="Split to train on.")
-    prompt_column: str = Field("prompt", description="Column with prompts (absent for implicit-prompt data).")
+    prompt_column: str | None = Field(
+        "prompt", description="Column with prompts; null = the data has none (implicit prompt as in hh-rlhf, or "
+        "conversational rows whose prompt is the shared leading messages).")
     chosen_column: str = Field("chosen", description="Column with preferred responses.")
     rejected_column: str = Field("rejected", description="Column with rejected responses.")
     max_samples: int | None = Field(1000, gt=0, description="Keep at most this many rows (seeded shuffle); null = all.")
@@ -174,6 +192,29 @@ class TrainingSection(Section):
         return v
 
 
+def partial_section(section: type[Section], keys: tuple[str, ...] | None = None) -> type[Section]:
+    """A strict section with `section`'s keys (or only `keys`), each optional and unset by default.
+
+    A `models` entry uses it to override part of a shared section for its model: the types and bounds
+    of the keys are checked here (errors name `models.N.<section>.<key>`), and the merged section is
+    validated again as a whole by `Config.for_model`."""
+    fields: dict[str, Any] = {}
+    for name, info in section.model_fields.items():
+        if keys is not None and name not in keys:
+            continue
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        fields[name] = (annotation | None, Field(None, description=info.description))
+    return create_model(f"{section.__name__.removesuffix('Section')}Override", __base__=Section, **fields)
+
+
+LoraOverride = partial_section(LoraSection)
+TrainingOverride = partial_section(TrainingSection, ("fp16", "bf16", "gradient_checkpointing"))
+# Sections a `models` entry may override, each a `ModelSpec` field holding a `partial_section`. Adding one is
+# a field on ModelSpec and a name here; `Config.for_model` merges and validates it like the others.
+PER_MODEL_SECTIONS: tuple[str, ...] = ("lora", "training")
+ModelSpec.model_rebuild()
+
+
 class GpuSection(Section):
     device_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="GPU ids to use; null = what "
                                                                  "is visible.")
@@ -247,8 +288,45 @@ class Config(Section):
             raise ValueError(f"model names must be unique (they name run directories); repeated: {dupes}")
         return v
 
+    # (index in the batch, dotted keys overridden) when this is one model's effective config (for_model)
+    _origin: tuple[int, frozenset[str]] | None = PrivateAttr(default=None)
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        data = self.model_dump(mode="json")
+        for entry, spec in zip(data["models"], self.models):  # overrides: only the keys a model sets
+            for section in PER_MODEL_SECTIONS:
+                entry.pop(section, None)
+            entry.update(spec.overrides())
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        if self._origin is not None:
+            index, keys = self._origin
+            changed = f" with its own {', '.join(sorted(keys))}" if keys else ""
+            text = f"# effective config of models[{index}] ({self.models[0].name}){changed}\n" + text
+        return text
+
+    def for_model(self, index: int) -> "Config":
+        """The config `models[index]` trains with: its entry's overrides merged into the shared sections,
+        validated again, with that model as the only entry (what its run directory records).
+
+        Raises pydantic's ValidationError if the merged sections are invalid (`load_config` reports it
+        with the `models.N.` path, see dpokit/overrides.py)."""
+        spec = self.models[index]
+        overrides = spec.overrides()
+        data = self.model_dump(mode="json")
+        for section, values in overrides.items():
+            data[section] = {**data[section], **values}
+        entry = {k: v for k, v in data["models"][index].items() if k not in PER_MODEL_SECTIONS}
+        data["models"] = [entry]
+        effective = Config.model_validate(data)
+        effective._origin = (index, frozenset(f"{s}.{k}" for s, values in overrides.items() for k in values))
+        return effective
+
+    def path_of(self, dotted: str) -> str:
+        """Where the user wrote `dotted` (e.g. lora.target_modules): `models.N.<dotted>` when this effective
+        config took it from the model's own entry, else the shared section's path."""
+        if self._origin is not None and dotted in self._origin[1]:
+            return f"models.{self._origin[0]}.{dotted}"
+        return dotted
 
 
 # ----------------------------------------------------------------------------- loading
@@ -366,9 +444,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             problems += [p for p in check_rules(repaired) if p.where not in seen]
         raise ConfigError(problems, source) from None
     problems = check_rules(config)
+    problems += model_override_problems(config, problems)
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+def model_override_problems(config: Config, shared: list[Problem]) -> list[Problem]:
+    """Problems of each model's effective config that the shared sections do not already have."""
+    from .overrides import override_problems
+    from .rules import check_rules
+
+    return override_problems(config, shared, check_rules, problems_from_validation)
 
 
 def _validate_without(raw: dict[str, Any], locs: list[tuple]) -> Config | None:

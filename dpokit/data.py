@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
-from .pairs import describe_format, normalise, resolve_columns
+from .pairs import describe_format, describe_prompt_column, normalise, resolve_columns
 from .sources import load_raw
 
 
@@ -47,6 +47,9 @@ def load_preference_data(config, tokenizer_has_chat_template: bool = True) -> Pr
     cols = resolve_columns(list(raw.column_names), ds_cfg)
     data, fmt, dropped = normalise(raw, ds_cfg, as_chat)
     notes.insert(0, f"format: {describe_format(fmt, cols, as_chat)}")
+    prompt_note = describe_prompt_column(ds_cfg.prompt_column, list(raw.column_names), cols[0])
+    if prompt_note:
+        notes.append(prompt_note)
     if dropped:
         notes.append("dropped rows: " + ", ".join(f"{n} ({why})" for why, n in dropped.items()))
     if ds_cfg.max_samples and len(data) > ds_cfg.max_samples:

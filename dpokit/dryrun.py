@@ -54,9 +54,9 @@ def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
     paths = path_problems(config, output_dir)
     for p in paths:
         print(f"   ERROR: {p}")
-    machine = device_problems(config, device)
-    for p in machine:
-        print(f"   ! on this machine the run would stop: {p}")
+    for i in indices:
+        for p in device_problems(config.for_model(i), device):
+            print(f"   ! on this machine the run of models[{i}] ({config.models[i].name}) would stop: {p}")
     found = [f"{failures} model(s) have problems"] if failures else []
     found += [f"{len(paths)} output folder(s) cannot be used"] if paths else []
     print("\n== dry run: no weights loaded, nothing trained" + "".join(f"; {f}" for f in found))
@@ -66,19 +66,24 @@ def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
 def _explain_model(config, index: int, device: DeviceInfo) -> int:
     from .data import load_preference_data
 
-    spec = config.models[index]
+    overrides = config.models[index].overrides()
+    config = config.for_model(index)  # this model's effective config: its own lora/precision applied
+    spec = config.models[0]
     pt = config.post_training
     method = get_method(pt.method)
     print(f"== model {index}: {spec.name} ({spec.huggingface_id})")
+    if overrides:
+        print("   its own settings (models[{}]): {}".format(index, ", ".join(
+            f"{section}.{key}={value}" for section, values in overrides.items() for key, value in values.items())))
     print(f"   method: {pt.method} — {method.summary}")
     if method.loss_types:
         print(f"   loss_type: {pt.loss_types}" + (f" weights {pt.loss_weights}" if pt.loss_weights else ""))
     if spec.trust_remote_code:
         print("   trust_remote_code: true — this model's own Python code will run")
     _explain_reference(config, spec)
-    tokenizer, problem = None, 0
+    tokenizer, problem, weights = None, 0, None
     try:
-        tokenizer = _explain_weights(config, spec)
+        tokenizer, weights = _explain_weights(config, spec)
     except ModelError as e:
         unreachable = "cannot be reached" in str(e) or "not in the local" in str(e)
         print(f"   {'note' if unreachable else 'ERROR'}: {e}")
@@ -96,9 +101,13 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
           + (f" / {len(data.heldout)} held-out task prompts" if data.heldout is not None else ""))
     for note in data.notes:
         print(f"   data {note}")
+    stats = None
     if tokenizer is not None:
-        problem = max(problem, _explain_tokens(config, tokenizer, data))
+        stats, error = _explain_tokens(config, tokenizer, data)
+        problem = max(problem, error)
     _explain_schedule(config, n_train, device)
+    if stats is not None and weights is not None:
+        _explain_time(config, weights, stats, n_train, n_eval, device)
     return problem
 
 
@@ -119,23 +128,24 @@ def _explain_weights(config, spec):
 
     model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
     layout = model_layout(model_config)
-    check_target_names(layout.module_names, layout.linear_names, config.lora.target_modules, layout.model_type)
+    check_target_names(layout.module_names, layout.linear_names, config.lora.target_modules, layout.model_type,
+                       where=config.path_of("lora.target_modules"), model_name=spec.name)
     total, lora = layout.num_parameters, config.lora
     trainable = lora_parameter_count(layout.linears, lora.target_modules, lora.r, lora.use_dora)
     print(f"   model: {layout.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
-    index = next(i for i, m in enumerate(config.models) if m is spec)
-    estimate = estimate_memory(config, index, model_config=model_config, layout=layout)
+    estimate = estimate_memory(config, 0, model_config=model_config, layout=layout)
     for line in format_estimate(estimate):
         print(f"   {line}")
     verdict = fit_on_this_machine(estimate)
     if verdict:
         print(f"   ! {verdict}")
-    return load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
+    return load_tokenizer(spec.huggingface_id, spec.trust_remote_code), (model_config, layout)
 
 
-def _explain_tokens(config, tokenizer, data) -> int:
-    """Print one rendered pair and what the length limits cut; 1 if the limits leave nothing to learn."""
+def _explain_tokens(config, tokenizer, data) -> tuple[dict, int]:
+    """Print one rendered pair and what the length limits cut; the length statistics, and 1 if the limits
+    leave nothing to learn."""
     from .tokens import length_report, length_verdict, tokenize_pair
 
     t = config.training
@@ -160,7 +170,7 @@ def _explain_tokens(config, tokenizer, data) -> int:
         print(f"   ! {note}")
     if error:
         print(f"   ERROR: {error}")
-    return 1 if error else 0
+    return stats, 1 if error else 0
 
 
 def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:
@@ -175,6 +185,17 @@ def _explain_schedule(config, n_train: int | None, device: DeviceInfo) -> None:
     print(f"   schedule: {plan.describe()}; {steps}")
     for note in advise(config, device, n_train):
         print(f"   ! {note}")
+
+
+def _explain_time(config, weights, stats: dict, n_train: int, n_eval: int, device: DeviceInfo) -> None:
+    """Expected seconds per optimizer step and for the run (dpokit/timing.py)."""
+    from .timing import estimate_time, format_time_estimate
+
+    model_config, layout = weights
+    plan = schedule(config, device.cuda_devices, n_train)
+    estimate = estimate_time(config, model_config, layout, stats, n_train, n_eval, plan.total_steps, device.device)
+    for line in format_time_estimate(estimate):
+        print(f"   {line}")
 
 
 def _clip(text: str, n: int = 400) -> str:

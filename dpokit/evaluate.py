@@ -58,7 +58,9 @@ def win_tie_loss(base: list[bool], trained: list[bool]) -> dict[str, int]:
 
 
 def outside_task_check(base_answers: list[str], trained_answers: list[str], prompts) -> dict[str, Any]:
-    """Damage outside the trained task: right answers lost, empty or repetitive answers."""
+    """Damage outside the trained task: right answers lost, and answers that became degenerate (empty,
+    looping ...) with training. `degenerate` counts only those whose base answer was not: a flaw the base
+    model already had is not damage done by training (`degenerate_base` / `degenerate_trained` count both)."""
     from .judge import degeneration_flags
     from .tasks import outside_answer_ok
 
@@ -67,11 +69,33 @@ def outside_task_check(base_answers: list[str], trained_answers: list[str], prom
         b_ok, t_ok = outside_answer_ok(expected, b), outside_answer_ok(expected, t)
         kept += b_ok and t_ok
         lost += b_ok and not t_ok
+        b_flags, t_flags = degeneration_flags(b), degeneration_flags(t)
         rows.append({"prompt": question, "expected": expected, "base": b, "trained": t, "base_ok": b_ok,
-                     "trained_ok": t_ok, "flags": degeneration_flags(t)})
+                     "trained_ok": t_ok, "flags": t_flags, "base_flags": b_flags,
+                     "new_flags": [f for f in t_flags if f not in b_flags]})
     base_right = sum(r["base_ok"] for r in rows)
     return {"prompts": len(rows), "base_correct": base_right, "trained_correct": sum(r["trained_ok"] for r in rows),
-            "lost": lost, "kept": kept, "degenerate": sum(bool(r["flags"]) for r in rows), "rows": rows}
+            "lost": lost, "kept": kept, **degeneration_change(base_answers, trained_answers), "rows": rows}
+
+
+def degeneration_change(base_answers: list[str], trained_answers: list[str]) -> dict[str, int]:
+    """Degenerate answers as a change from base: `degenerate` = degenerate after training but not before."""
+    from .judge import degeneration_flags
+
+    base = [bool(degeneration_flags(b)) for b in base_answers]
+    trained = [bool(degeneration_flags(t)) for t in trained_answers]
+    return {"degenerate": sum(t and not b for b, t in zip(base, trained)), "degenerate_base": sum(base),
+            "degenerate_trained": sum(trained), "degenerate_fixed": sum(b and not t for b, t in zip(base, trained))}
+
+
+def _validation_preferences(run: RunDir, config, model, tokenizer) -> dict | None:
+    """Reward accuracy and margins on the validation pairs, before and after (dpokit/preference_eval.py)."""
+    from .preference_eval import evaluate_preferences, reference_for, validation_rows
+
+    rows = validation_rows(config, tokenizer)
+    if rows is None:
+        return None
+    return evaluate_preferences(model, tokenizer, config, rows, reference_for(config, run.model_spec(config)))
 
 
 def evaluate_run(run_dir: str | Path | RunDir, num_prompts: int | None = None,
@@ -112,6 +136,10 @@ def evaluate_run(run_dir: str | Path | RunDir, num_prompts: int | None = None,
                       **win_tie_loss(b["passed"], t["passed"]))
         result_passes = {"base": b["passed"], "trained": t["passed"]}
     result["outside_task"] = outside_task_check(base_all[len(prompts):], trained_all[len(prompts):], outside)
+    result["heldout_degeneration"] = degeneration_change(base, trained)
+    preference = _validation_preferences(run, config, model, tokenizer)
+    if preference is not None:
+        result["preference"] = preference
     result["eval_runtime_s"] = round(time.perf_counter() - start, 1)
     samples = [{"prompt": _text(p), "base": b, "trained": t} for p, b, t in zip(prompts, base, trained)]
     if specs is not None:
@@ -143,7 +171,13 @@ def samples_markdown(result: dict, samples: list[dict], limit: int = 30) -> str:
                   f"({result['wins']} wins, {result['ties']} ties, {result['losses']} losses)", ""]
     o = result["outside_task"]
     lines += [f"Outside the task: base right on {o['base_correct']}/{o['prompts']}, trained on "
-              f"{o['trained_correct']}/{o['prompts']}; {o['lost']} lost, {o['degenerate']} degenerate answers.", ""]
+              f"{o['trained_correct']}/{o['prompts']}; {o['lost']} lost; {o['degenerate']} answers became "
+              f"degenerate with training (degenerate answers: base {o.get('degenerate_base', 0)}, "
+              f"trained {o.get('degenerate_trained', o['degenerate'])}).", ""]
+    if "preference" in result:
+        from .preference_eval import describe
+
+        lines += [f"Validation pairs: {describe(result['preference'])}.", ""]
     for s in samples[:limit]:
         lines += [f"**Prompt:** {s['prompt']}", "", f"- base: `{s['base']}`", f"- trained: `{s['trained']}`", ""]
     return "\n".join(lines)
@@ -160,7 +194,12 @@ def print_report(result: dict, samples: int = 6) -> None:
             print(f"     {fam:<20} {s['base']:5.1f}%  {s['trained']:6.1f}%")
     o = result["outside_task"]
     print(f"   outside the task: {o['trained_correct']}/{o['prompts']} right after training "
-          f"(base {o['base_correct']}), {o['lost']} lost, {o['degenerate']} degenerate")
+          f"(base {o['base_correct']}), {o['lost']} lost, {o['degenerate']} newly degenerate "
+          f"(base had {o.get('degenerate_base', 0)})")
+    if "preference" in result:
+        from .preference_eval import describe
+
+        print(f"   {describe(result['preference'])}")
     path = Path(result["run_dir"])
     shown = RunDir(path).read_json(EVAL_FILE)["samples"][:samples]
     for s in shown:

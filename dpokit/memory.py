@@ -24,9 +24,16 @@ GIB = 2**30
 TOKEN_TILE, VOCAB_TILE = 4096, 32768  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE, TRL's vocab chunk
 CPU_TILE_COPIES = 8.25  # fp32 tile-sized temporaries alive in TRL's torch backward fold (measured in a step)
 GPU_TILE_COPIES = 2.0  # the projection buffer and the gradient tile (Triton folds in place)
+# ORPO (trl.experimental.orpo) computes the full logits of every position and keeps, at the start of its
+# backward, the logits, the copy and log-softmax of the chosen half for its SFT term and the log-softmax
+# statistics of its log-probs, then the logits' gradient: fp32 logit-sized tensors alive at the peak,
+# per (sequence x position x vocabulary) entry (fitted to measured peaks, benchmarks/bench_memory.py).
+FULL_LOGIT_COPIES = 3.5
 RUNTIME_BYTES = {"cpu": 100 * 2**20, "cuda": 600 * 2**20}  # tokenizer, data, trainer / CUDA context
 LIBRARIES_CPU_BYTES = 450 * 2**20  # Python + torch/transformers/TRL imported (not part of the estimate)
-ALLOCATOR_SLACK_CPU = 0.25  # glibc keeps freed activations in its heap: identical runs peaked up to 25% higher
+# glibc keeps freed activations in its heap: identical runs peaked up to 25% higher, and an hh-rlhf run of the
+# embedded model 33% higher than with MALLOC_MMAP_THRESHOLD_=131072 (3.85 vs 2.90 GB over the same two steps)
+ALLOCATOR_SLACK_CPU = 0.35
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"adamw_torch": 2, "adamw_torch_fused": 2, "adamw_hf": 2, "adafactor": 1, "sgd": 0,
                     "adamw_8bit": 0.5, "paged_adamw_8bit": 0.5, "adamw_bnb_8bit": 0.5, "rmsprop": 1, "lion": 1}
@@ -170,11 +177,16 @@ def estimate_from_shape(shape: dict, linears, *, batch_size: int, seq_len: int, 
                         lora_rank: int, lora_target_modules, gradient_checkpointing: bool,
                         separate_reference: bool, num_parameters: int, precision: str = "fp32",
                         device: str = "cpu", optimizer: str = "adamw_torch", weights_dtype: str = "fp32",
-                        use_dora: bool = False, lora_dropout: float = 0.0) -> MemoryEstimate:
-    """The estimate from model sizes and run settings (pure arithmetic; `estimate_memory` fills it in)."""
+                        use_dora: bool = False, lora_dropout: float = 0.0, sequences_per_row: int = 2,
+                        full_logits: bool = False) -> MemoryEstimate:
+    """The estimate from model sizes and run settings (pure arithmetic; `estimate_memory` fills it in).
+
+    `sequences_per_row` and `full_logits` are the method's (dpokit/methods.py): DPO and ORPO run chosen and
+    rejected as one batch (2 per row), KTO one sequence per row (its KL pass runs without gradients, so its
+    activations are not kept); ORPO holds full logits instead of TRL's completion-only LM-head tiles."""
     act_bytes = DTYPE_BYTES[precision]
     w_bytes = DTYPE_BYTES[weights_dtype]
-    rows = 2 * batch_size  # chosen and rejected go through the model as one batch
+    rows = sequences_per_row * batch_size  # sequences that go through the policy with gradients
     layers = shape["layers"]
     adapted = lora_targets(linears, lora_target_modules)
     lora_params = lora_parameter_count(linears, lora_target_modules, lora_rank, use_dora)
@@ -185,11 +197,14 @@ def estimate_from_shape(shape: dict, linears, *, batch_size: int, seq_len: int, 
     per_token = activation_bytes_per_token(shape, gated, targeted, per_layer, lora_rank, seq_len, act_bytes,
                                            dropout_inputs)
     tokens = rows * seq_len
-    # The fused LM head scores only the completion tokens (dpokit on CPU, see trainers.py; TRL with Triton).
-    scored = rows * completion_len
-    tile = min(scored, TOKEN_TILE) * min(shape["vocab"], VOCAB_TILE)
-    tiles = tile * (4 * CPU_TILE_COPIES if device == "cpu" else act_bytes * GPU_TILE_COPIES)
-    tiles += scored * shape["hidden"] * 4  # the fp32 gradient of the head's input
+    if full_logits:  # ORPO: every position through the full head, logits and their log-softmax kept
+        scored = tokens
+        tiles = int(FULL_LOGIT_COPIES * scored * shape["vocab"] * 4) + scored * shape["hidden"] * 4
+    else:  # The fused LM head scores only the completion tokens (dpokit on CPU, see trainers.py; TRL with Triton).
+        scored = rows * completion_len
+        tile = min(scored, TOKEN_TILE) * min(shape["vocab"], VOCAB_TILE)
+        tiles = tile * (4 * CPU_TILE_COPIES if device == "cpu" else act_bytes * GPU_TILE_COPIES)
+        tiles += scored * shape["hidden"] * 4  # the fp32 gradient of the head's input
     if gradient_checkpointing:  # only each layer's input stays; one layer at a time is recomputed later
         activations = (layers + 1) * tokens * shape["hidden"] * 4 + max(0, tokens * per_token - tiles)
     else:
@@ -200,13 +215,14 @@ def estimate_from_shape(shape: dict, linears, *, batch_size: int, seq_len: int, 
         "reference copy": num_parameters * w_bytes if separate_reference else 0,
         "LoRA adapter + optimizer state": int(lora_params * 4 * (1 + optimizer_states)),
         "activations" + (" (checkpointed)" if gradient_checkpointing else ""): int(activations),
-        "LM-head tiles": int(tiles),
+        ("full logits (SFT + odds-ratio terms)" if full_logits else "LM-head tiles"): int(tiles),
         "runtime": RUNTIME_BYTES["cpu" if device == "cpu" else "cuda"],
     }
-    full_logits = rows * seq_len * shape["vocab"] * 4
+    logits_bytes = rows * seq_len * shape["vocab"] * 4
     return MemoryEstimate(terms=terms, device=device, precision=precision, shape={
         "rows": rows, "seq_len": seq_len, "tokens": tokens, "scored_tokens": scored, "lora_params": lora_params,
-        "num_parameters": num_parameters, "full_logits_bytes": full_logits, "layers": layers})
+        "num_parameters": num_parameters, "full_logits_bytes": logits_bytes, "layers": layers,
+        "sequences_per_row": sequences_per_row, "full_logits": full_logits})
 
 
 def estimate_memory(config, model_index: int = 0, *, device: str | None = None, model_config=None,
@@ -218,7 +234,8 @@ def estimate_memory(config, model_index: int = 0, *, device: str | None = None, 
     """
     from .models import load_model_config
 
-    spec = config.models[model_index]
+    config = config.for_model(model_index)  # the model's own lora/precision, when its entry sets them
+    spec = config.models[0]
     t, pt, lora = config.training, config.post_training, config.lora
     if model_config is None:
         model_config = load_model_config(spec.huggingface_id, spec.trust_remote_code)
@@ -237,13 +254,15 @@ def estimate_memory(config, model_index: int = 0, *, device: str | None = None, 
         completion_len = max(1, seq_len - prompt)
     from .methods import get_method
 
-    separate = get_method(pt.method).uses_reference and pt.use_ref_model
+    method = get_method(pt.method)
+    separate = method.uses_reference and pt.use_ref_model
     return estimate_from_shape(
         model_shape(model_config), layout.linears, batch_size=t.per_device_train_batch_size,
         seq_len=seq_len, completion_len=completion_len, lora_rank=lora.r,
         lora_target_modules=lora.target_modules, gradient_checkpointing=t.gradient_checkpointing,
         separate_reference=separate, num_parameters=layout.num_parameters, precision=precision, device=device,
-        optimizer=t.optim, use_dora=lora.use_dora, lora_dropout=lora.lora_dropout)
+        optimizer=t.optim, use_dora=lora.use_dora, lora_dropout=lora.lora_dropout,
+        sequences_per_row=method.sequences_per_row, full_logits=method.full_logits)
 
 
 def _size(n: float) -> str:
@@ -260,11 +279,16 @@ def format_estimate(estimate: MemoryEstimate) -> list[str]:
         if value:
             lines.append(f"     {name:<34} {_size(value):>9}")
     if estimate.device == "cpu":
-        lines.append(f"     (glibc's allocator can keep up to ~{ALLOCATOR_SLACK_CPU:.0%} more: freed activations stay "
-                     "in its heap)")
-    lines.append(f"     for {s['rows']} sequences (chosen + rejected) x {s['seq_len']} tokens, "
-                 f"{s['lora_params']:,} LoRA parameters; TRL's LM head scores the {s['scored_tokens']} completion "
-                 f"tokens in tiles instead of holding the full logits ({_size(s['full_logits_bytes'])})")
+        lines.append(f"     (glibc's allocator can keep ~{ALLOCATOR_SLACK_CPU:.0%} more: freed activations stay in its "
+                     "heap; MALLOC_MMAP_THRESHOLD_=131072 in the environment returns them)")
+    what = "chosen + rejected" if s.get("sequences_per_row", 2) == 2 else "one per row; KTO's KL completions " \
+        "run without gradients"
+    head = (f"the full logits of all {s['scored_tokens']} positions are held (ORPO's SFT and odds-ratio terms, "
+            f"{_size(s['full_logits_bytes'])} each copy)" if s.get("full_logits") else
+            f"TRL's LM head scores the {s['scored_tokens']} completion tokens in tiles instead of holding the full "
+            f"logits ({_size(s['full_logits_bytes'])})")
+    lines.append(f"     for {s['rows']} sequences ({what}) x {s['seq_len']} tokens, {s['lora_params']:,} LoRA "
+                 f"parameters; {head}")
     return lines
 
 

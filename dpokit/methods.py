@@ -53,6 +53,10 @@ class Method:
     uses_reference: bool = True  # has a reference model term
     rows_per_pair: int = 1  # training rows one preference pair becomes
     metrics: tuple[str, ...] = ()  # metric names the trainer logs (without `eval_`)
+    # What one batch row costs in a training step (the memory and time estimates read these):
+    sequences_per_row: int = 2  # sequences the policy runs with gradients (a pair: chosen and rejected)
+    no_grad_sequences_per_row: int = 0  # extra policy sequences without gradients (KTO's KL completions)
+    full_logits: bool = False  # scores whole sequences through the full LM head (else TRL's fused head, completions)
 
     # ------------------------------------------------------------------ TRL classes
     def trainer_class(self):
@@ -81,6 +85,10 @@ class Method:
 
     def check_resolved(self, trainer, config) -> None:
         """Raise if TRL resolved this method's settings differently from the config (no silent fallback)."""
+
+    def trainer_rows(self, dataset, config):
+        """The rows handed to the TRL trainer for a split of preference pairs (most methods: the pairs as they are)."""
+        return dataset
 
     # ------------------------------------------------------------------ rules and advice
     def rules(self, config) -> list[Problem]:
@@ -182,17 +190,27 @@ class IPO(DPO):
 
 class KTO(Method):
     name = "kto"
-    summary = "Kahneman-Tversky Optimization (TRL KTOTrainer) on unpaired desirable/undesirable rows."
+    summary = ("Kahneman-Tversky Optimization (TRL KTOTrainer) on unpaired rows: each pair becomes a desirable and "
+               "an undesirable row, interleaved (seeded) so every batch holds both.")
     trainer, config = "trl:KTOTrainer", "trl:KTOConfig"
     loss_types, default_loss = KTO_LOSS_TYPES, "kto"
     loss_aliases = {"kto_pair": "kto"}
     rows_per_pair = 2  # each pair becomes a desirable and an undesirable row
+    sequences_per_row, no_grad_sequences_per_row = 1, 1  # a row, and its KL completion (prompt + another answer)
     metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl")
 
     def trl_kwargs(self, config) -> dict:
         pt = config.post_training
         loss = self.loss_types_of(pt)[0]
         return dict(loss_type=self.loss_aliases.get(loss, loss), precompute_ref_log_probs=pt.precompute_ref_log_probs)
+
+    def trainer_rows(self, dataset, config):
+        """Unpaired rows, alternating desirable and undesirable, from a seeded shuffle (`unpair_interleaved`).
+
+        TRL's own unpairing puts each block of up to 1000 pairs as all chosen rows, then all rejected ones,
+        and KTOTrainer reads its data in order (its KL estimate pairs each row with a neighbour of the
+        same batch): a short run would see only desirable rows."""
+        return unpair_interleaved(dataset, config.seed)
 
     def rules(self, config) -> list[Problem]:
         out = super().rules(config)
@@ -208,6 +226,7 @@ class ORPO(Method):
     summary = "Odds Ratio Preference Optimization (trl.experimental.orpo): SFT + odds-ratio term, no reference model."
     trainer, config = "trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig"
     uses_reference = False
+    full_logits = True  # its trainer computes the full (2·batch, sequence, vocabulary) logits, and an SFT term on them
     metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "nll_loss", "log_odds_ratio", "log_odds_chosen")
 
@@ -228,6 +247,33 @@ class ORPO(Method):
             return ["orpo is reference-free: use_ref_model is not used, and beta is ORPO's λ "
                     "(weight of the odds-ratio term)"]
         return []
+
+
+def unpair_interleaved(pairs, seed: int):
+    """Preference pairs -> unpaired rows (prompt, completion, label) in the order desirable, undesirable, ...
+
+    The pairs are shuffled with `seed`; row 2i is the chosen answer of the i-th shuffled pair and row
+    2i+1 the rejected answer of the pair half the dataset further on. So any run of two or more
+    consecutive rows (a batch, read in order) holds both labels, and the two halves of one pair are
+    never in the same batch: the KL term, which scores each prompt with another row's completion of
+    the batch, sees completions written for other prompts. Other columns are kept on both rows.
+    """
+    import numpy as np
+    from datasets import interleave_datasets
+
+    n = len(pairs)
+    if n == 0:
+        return pairs
+    order = np.random.default_rng(seed).permutation(n)
+    others = [c for c in pairs.column_names if c not in ("chosen", "rejected")]
+
+    def side(indices, column: str, label: bool):
+        rows = pairs.select(indices).select_columns([*others, column]).rename_column(column, "completion")
+        return rows.add_column("label", [label] * len(rows))
+
+    desirable = side(order, "chosen", True)
+    undesirable = side(np.roll(order, -(n // 2)), "rejected", False)
+    return interleave_datasets([desirable, undesirable])
 
 
 METHODS: dict[str, Method] = {}

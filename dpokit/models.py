@@ -140,35 +140,51 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def check_target_modules(model, targets, model_type: str | None = None) -> None:
-    """Raise ModelError if a LoRA target matches no module, listing what the model has."""
+def check_target_modules(model, targets, model_type: str | None = None, where: str = "lora.target_modules",
+                         model_name: str | None = None) -> None:
+    """Raise ModelError if a LoRA target matches no module, listing what the model has.
+
+    `where` is the config path the targets came from (`models.N.lora.target_modules` for a model's
+    own setting); `model_name` names the model in the message."""
     check_target_names([n for n, _ in model.named_modules()], linear_module_names(model), targets,
-                       model_type or getattr(getattr(model, "config", None), "model_type", None))
+                       model_type or getattr(getattr(model, "config", None), "model_type", None), where, model_name)
 
 
 def check_target_names(module_names: list[str], linear_names: list[str], targets,
-                       model_type: str | None = None) -> None:
+                       model_type: str | None = None, where: str = "lora.target_modules",
+                       model_name: str | None = None) -> None:
     """`check_target_modules` on a model's module names (e.g. from a cached `memory.ModelLayout`)."""
+    problem = target_problem(module_names, linear_names, targets, model_type, model_name)
+    if problem:
+        raise ModelError(f"{where}: {problem}")
+
+
+def target_problem(module_names: list[str], linear_names: list[str], targets, model_type: str | None = None,
+                   model_name: str | None = None) -> str | None:
+    """What is wrong with LoRA `targets` for a model with these modules (None: they all match), with the fix."""
     if isinstance(targets, str):
         if targets == "all-linear":
-            return
+            return None
         if any(re.fullmatch(targets, n) for n in module_names):
-            return
+            return None
         missing = [targets]
     else:
         leaves = {n.rsplit(".", 1)[-1] for n in module_names}
         missing = [t for t in targets if t not in leaves]
     if not missing:
-        return
+        return None
     available = [n for n in linear_names if n != "lm_head"]
     suggestion = FAMILY_TARGETS.get(model_type or "", None)
-    msg = (f"lora.target_modules: {missing} match no module of this {model_type or 'model'}. "
-           f"Its linear layers are: {available}.")
+    model = f"{model_name} ({model_type or 'model'})" if model_name else f"this {model_type or 'model'}"
+    msg = f"{missing} match no module of {model}. Its linear layers are: {available}."
     if suggestion:
         msg += f" For this family the guide suggests target_modules: {suggestion}."
     else:
         msg += " Or use target_modules: all-linear."
-    raise ModelError(msg)
+    value = suggestion or "all-linear"
+    msg += (f" Models of different families in one config can each have their own: in this model's `models` "
+            f"entry, `lora: {{target_modules: {value}}}` (the shared `lora` section stays for the others).")
+    return msg
 
 
 def count_parameters(model) -> tuple[int, int]:

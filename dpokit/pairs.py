@@ -89,13 +89,25 @@ def resolve_columns(columns: list[str], ds_cfg) -> tuple[str | None, str, str]:
         raise DataError(
             "dataset: column(s) " + ", ".join(f"{key}='{col}'" for key, col in missing)
             + f" not found. The dataset has columns: {columns}." + hint)
-    prompt = ds_cfg.prompt_column if ds_cfg.prompt_column in columns else None
-    if prompt is None and ds_cfg.prompt_column != "prompt":
-        close = difflib.get_close_matches(ds_cfg.prompt_column, columns, n=1)
-        raise DataError(f"dataset.prompt_column: '{ds_cfg.prompt_column}' not found; columns: {columns}."
+    return _prompt_column(columns, ds_cfg.prompt_column), ds_cfg.chosen_column, ds_cfg.rejected_column
+
+
+def _prompt_column(columns: list[str], configured: str | None) -> str | None:
+    """The prompt column, or None for data without one.
+
+    null says so explicitly; the default name 'prompt' may be absent (implicit-prompt data); any
+    other configured name must exist."""
+    if configured is None:
+        return None
+    if configured in columns:
+        return configured
+    if configured != "prompt":
+        close = difflib.get_close_matches(configured, columns, n=1)
+        raise DataError(f"dataset.prompt_column: '{configured}' not found; columns: {columns}."
                         + (f" Did you mean '{close[0]}'?" if close else "")
-                        + " Leave it as 'prompt' (absent) for implicit-prompt data such as hh-rlhf.")
-    return prompt, ds_cfg.chosen_column, ds_cfg.rejected_column
+                        + " Set prompt_column: null for data without a prompt column (implicit prompt as in "
+                        "hh-rlhf, or conversational message lists).")
+    return None
 
 
 def _suggest_mapping(columns: list[str]) -> str:
@@ -288,6 +300,17 @@ def normalise(dataset, ds_cfg, as_chat: bool):
         raise DataError(f"dataset: every row of '{ds_cfg.name}' is unusable ({dropped}); "
                         f"e.g. row {first}: {problems[first]}. Check the column mapping and the data.")
     return mapped, fmt, dropped
+
+
+def describe_prompt_column(configured: str | None, columns: list[str], prompt: str | None) -> str | None:
+    """How the prompt column was resolved, for the format report (None when it was simply found)."""
+    if configured is None:
+        extra = " (the data's 'prompt' column is not used)" if "prompt" in columns else ""
+        return f"prompt column: none (dataset.prompt_column: null){extra}"
+    if prompt is None:
+        return ("prompt column: none ('prompt' is not in the data, so the prompt comes from the shared start of "
+                "chosen and rejected; `prompt_column: null` says so explicitly)")
+    return None
 
 
 def describe_format(fmt: str, cols: tuple[str | None, str, str], as_chat: bool) -> str:

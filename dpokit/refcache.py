@@ -21,8 +21,33 @@ from .files import atomic_write_text
 CACHE_FORMAT = 1
 # DPOConfig fields that change the reference log-probs of a row (beta, loss_type, lr ... do not).
 LOGP_ARGS = ("max_length", "truncation_mode", "padding_free", "ld_alpha", "bf16", "fp16", "disable_dropout")
-# Model config entries that name or date the model but do not change what it computes.
-_CONFIG_NOISE = ("_name_or_path", "transformers_version", "_commit_hash", "name_or_path")
+# Model config entries that cannot change the log-probs a causal LM computes from given weights, so a
+# reference whose config object differs only in them reuses the entry. tests/test_refcache.py changes
+# each one on real models of three families and checks the logits stay bit-identical and the entry hits.
+INCIDENTAL_CONFIG_FIELDS = frozenset({
+    # where the model came from and what saved it
+    "_name_or_path", "name_or_path", "_model_name_or_path", "_commit_hash", "transformers_version", "architectures",
+    # dtype labels: the dtype the weights really have is part of `weights_fingerprint`
+    "dtype", "torch_dtype",
+    # the KV cache serves generation only (TRL's forward passes use_cache=False)
+    "use_cache",
+    # token ids read by generation and the tokenizer, not by the forward pass (pad_token_id stays in the
+    # key: some families derive position ids from it)
+    "bos_token_id", "eos_token_id", "unk_token_id", "sep_token_id", "decoder_start_token_id",
+    # initialisation of new weights, and sequence-classification heads a causal LM does not have
+    "initializer_range", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task",
+    "classifier_dropout", "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
+    "summary_first_dropout",
+    # generation defaults some older configs still carry
+    "max_length", "min_length", "do_sample", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "num_return_sequences", "early_stopping", "tokenizer_class",
+    "prefix", "task_specific_params",
+})
+
+
+def logit_config(model_config) -> dict:
+    """The model config's entries that can change its log-probs (INCIDENTAL_CONFIG_FIELDS left out)."""
+    return {k: v for k, v in model_config.to_dict().items() if k not in INCIDENTAL_CONFIG_FIELDS}
 
 
 def enabled() -> bool:
@@ -124,9 +149,7 @@ def key_parts(trainer, dataset) -> dict:
         trainer.dpokit_reference_fingerprint = fingerprint
     model = trainer.ref_model if trainer.ref_model is not None else trainer.model
     model = trainer.accelerator.unwrap_model(model)
-    config = model.config.to_dict()
-    for key in _CONFIG_NOISE:
-        config.pop(key, None)
+    config = logit_config(model.config)
     versions = installed_versions(("trl", "transformers", "torch", "peft"))
     return {
         "format": CACHE_FORMAT,

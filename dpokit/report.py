@@ -35,6 +35,9 @@ GLOSSARY = """\
 | `kl` (KTO) | KTO's estimate of the KL divergence between policy and reference, its reference point for rewards. |
 | `nll_loss`, `log_odds_ratio` (ORPO) | ORPO's two terms: the SFT loss on chosen answers, and the log odds ratio of chosen over rejected. ORPO has no reference model; its rewards are β × the answer's mean per-token log p_policy. |
 | held-out pass rate | Share of held-out prompts whose greedy answer the deterministic judge accepts, for the base model (adapter off) and the trained one (adapter on). Wins/ties/losses compare the two prompt by prompt. |
+| reward accuracy / margin, before → after | On every validation pair, scored after training with the adapter off (before) and on (after): the share of pairs whose chosen reward is strictly above the rejected one, and the mean of chosen − rejected reward. With a reference model the reward is β × (log p_policy − log p_ref): before training the untrained adapter *is* the reference, every reward is 0, so "before" reads accuracy 0 and margin 0 by construction (not a measurement of the data). ORPO's reward is β × the mean per-token log p_policy, so its "before" is the base model's own. `eval_rewards/*` in the metrics table are TRL's values at the last evaluation during training. |
+| chosen more likely (base → trained) | Share of validation pairs whose chosen answer has the higher log-probability (summed over its tokens) under the model itself: the base model's own preference before training, the trained model's after — the before/after comparison that is meaningful for every method. Long answers have lower summed log-probabilities, so on data where the chosen answers are the longer ones the base figure can be far below 50%. |
+| newly degenerate | Answers that are degenerate (empty, looping, repeated lines, chat markup, mostly symbols) after training while the base answer to the same prompt was not: damage done by training. A flaw the base model already had is counted apart (base / trained). |
 """
 
 REWARD_UNIT = "β·Δ log p (nats)"
@@ -233,7 +236,10 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path) -> Path:
         png = plot_dir / f"{name}.png"
         fig.savefig(png, dpi=110)
         lines += [f"![{fig.axes[0].get_title()}]({_rel(png, out_path)})", ""]
-    evaluated = [r for r in runs if r.evaluation]
+    scored = [r for r in runs if _preference(r)]
+    if scored:
+        lines += ["## Validation pairs: before → after", "", *_preference_table(scored), ""]
+    evaluated = [r for r in runs if r.evaluation and "outside_task" in r.evaluation]
     if evaluated:
         lines += ["## Before / after", "", *_judge_table(evaluated), "", *_samples_table(evaluated), ""]
     lines += ["## Glossary", "", GLOSSARY]
@@ -268,7 +274,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _metrics_table(runs: list[RunRecord]) -> list[str]:
     cols = ["run", "status", "method", "steps", "time (s)", "loss", "rewards/chosen", "rewards/rejected",
-            "rewards/margins", "rewards/accuracies", "eval_loss", "held-out pass: base → trained"]
+            "rewards/margins", "rewards/accuracies", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins",
+            "held-out pass: base → trained"]
     rows = []
     for r in runs:
         s, final = r.summary, r.summary.get("final_metrics") or {}
@@ -280,19 +287,42 @@ def _metrics_table(runs: list[RunRecord]) -> list[str]:
         passed = (f"{ev['base_score']:.1f}% → {ev['trained_score']:.1f}%" if "base_score" in ev else "")
         status = (RunDir(r.path).effective_status() or "?") + (f": {_cell(s['error'], 80)}" if s.get("error") else "")
         rows.append([r.label, status, method, s.get("steps", ""), s.get("train_runtime_s", ""),
-                     *(_num(final.get(k)) for k in cols[5:11]), passed])
+                     *(_num(final.get(k)) for k in cols[5:13]), passed])
     return _table(cols, rows)
+
+
+def _preference(run: RunRecord) -> dict | None:
+    """The run's validation-pair scores (eval.json, or the copy in summary.json), None if it has none."""
+    return (run.evaluation or {}).get("preference") or (run.summary.get("eval") or {}).get("preference")
+
+
+def _preference_table(runs: list[RunRecord]) -> list[str]:
+    cols = ["run", "pairs", "reward accuracy", "reward margin", "chosen more likely: base → trained",
+            "log p margin (nats): base → trained"]
+    rows = []
+    for r in runs:
+        p = _preference(r)
+        b, a = p["before"], p["after"]
+        rows.append([r.label, p["pairs"], f"{b['reward_accuracy']:.2f} → {a['reward_accuracy']:.2f}",
+                     f"{b['reward_margin']:+.3f} → {a['reward_margin']:+.3f}",
+                     f"{_pct(100 * p['prefers_chosen']['base'])} → {_pct(100 * p['prefers_chosen']['trained'])}",
+                     f"{p['logp_margin']['base']:+.2f} → {p['logp_margin']['trained']:+.2f}"])
+    return ["Every validation pair scored after training with the adapter off (before) and on (after); the "
+            "reward is the method's (see the glossary: with a reference model, \"before\" is 0 by construction).",
+            "", *_table(cols, rows)]
 
 
 def _judge_table(runs: list[RunRecord]) -> list[str]:
     cols = ["run", "held-out prompts", "base pass", "trained pass", "wins / ties / losses",
-            "outside-task answers lost", "degenerate answers"]
+            "outside-task answers lost", "newly degenerate (base / trained)"]
     rows = []
     for r in runs:
         e, o = r.evaluation, r.evaluation.get("outside_task") or {}
+        degenerate = (f"{o['degenerate']} ({o['degenerate_base']} / {o['degenerate_trained']})"
+                      if "degenerate_base" in o else o.get("degenerate", ""))
         rows.append([r.label, e.get("num_prompts", ""), _pct(e.get("base_score")), _pct(e.get("trained_score")),
                      f"{e['wins']} / {e['ties']} / {e['losses']}" if "wins" in e else "",
-                     f"{o.get('lost', '')} of {o.get('base_correct', '')}" if o else "", o.get("degenerate", "")])
+                     f"{o.get('lost', '')} of {o.get('base_correct', '')}" if o else "", degenerate])
     out = ["Greedy answers on held-out prompts with the adapter off (base) and on (trained), scored by the "
            "task's deterministic judge.", "", *_table(cols, rows)]
     families = sorted({f for r in runs for f in (r.evaluation.get("per_family") or {})})

@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import Problem
 from .machine import DeviceInfo
 from .methods import get_method
+from .packages import package_problems
 
 
 def check_rules(config) -> list[Problem]:
@@ -21,6 +22,7 @@ def check_rules(config) -> list[Problem]:
     problems += _method_rules(config)
     problems += _evaluation_rules(config)
     problems += _tracking_rules(config)
+    problems += package_problems(config)  # optional packages the config needs (dpokit/packages.py)
     problems += _length_rules(config)
     problems += _resume_rules(config)
     problems += _name_rules(config)

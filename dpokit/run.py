@@ -11,6 +11,7 @@ Statuses: completed, failed, stopped (the health watch stopped it), interrupted 
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import time
@@ -114,7 +115,8 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
     from .rules import device_problems
 
     quiet_library_noise(config.logging.log_level)
-    spec = config.models[model_index]
+    config = config.for_model(model_index)  # this model's effective config: its own overrides applied
+    spec = config.models[0]
     pt = config.post_training
     device_info = DeviceInfo.detect()
     run: RunDir | None = None
@@ -168,19 +170,24 @@ def _train_model(config, spec, run: RunDir, plan, device: str) -> RunResult:
     tokenizer, data = _prepare_data(config, spec, run, device)
     resumes = run.summary().get("resumes", []) + ([{"from": str(ckpt), "at": _now()}] if plan and plan.in_place else [])
     run.mark_running(**({"resumes": resumes} if resumes else {}))  # only now: the checks above passed
+    _give_advice(config, run, len(data.train))
     trainer, watch = _build(config, spec, run, tokenizer, data, device)
     from .tracking import tracking_environment
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with tracking_environment(config):
         output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    cpu_s = time.process_time() - cpu_start  # CPU time of all threads: unlike wall time, not stretched by other work
     summary = _finish(config, spec, run, trainer, watch, tokenizer, output, time.perf_counter() - start, ckpt, device)
+    summary["train_cpu_s"] = round(cpu_s, 2)
+    run.write_summary(summary)  # (main process only; the others keep their own copy, not the file's)
     if summary["status"] != "completed":
         if summary["status"] == "interrupted":
             raise RunInterrupted(watch.signum or signal.SIGINT)
         return RunResult(model=spec.name, status=summary["status"], run_dir=str(run), error=watch.stopped_reason,
                          summary=summary)
     del trainer
+    gc.collect()  # the trainer's model and optimizer state hold reference cycles: free them before evaluation
     if wants_evaluation(config) and is_rank_zero():
         from .evaluate import evaluate_run, print_report
 
@@ -189,8 +196,21 @@ def _train_model(config, spec, run: RunDir, plan, device: str) -> RunResult:
         summary["eval"] = {k: v for k, v in result.items() if k not in ("outside_task", "samples", "per_family")}
         summary["eval"]["outside_task_lost"] = result["outside_task"]["lost"]
         run.write_summary(summary)
+    elif data.eval is not None and is_rank_zero():
+        _score_validation_pairs(run, summary)
     _free_device_memory()
     return RunResult(model=spec.name, status="completed", run_dir=str(run), summary=summary)
+
+
+def _score_validation_pairs(run: RunDir, summary: dict) -> None:
+    """Reward accuracy and margins on the validation pairs, before and after (eval.json `preference`)."""
+    from .preference_eval import describe, evaluate_run_preferences
+
+    start = time.perf_counter()
+    result = evaluate_run_preferences(run)
+    say(f"   {describe(result)} ({time.perf_counter() - start:.0f} s)")
+    summary["eval"] = {"preference": result}
+    run.write_summary(summary)
 
 
 def _prepare_data(config, spec, run: RunDir, device: str):
@@ -208,6 +228,18 @@ def _prepare_data(config, spec, run: RunDir, device: str):
     return tokenizer, data
 
 
+def _give_advice(config, run: RunDir, n_train_rows: int) -> list[str]:
+    """The guide's tips for this model's run (what `--dry-run` prints), printed and kept in summary.json."""
+    from .machine import DeviceInfo
+    from .rules import advise
+
+    notes = advise(config, DeviceInfo.detect(), n_train_rows)
+    for note in notes:
+        say(f"   ! advice: {note}")
+    run.update_summary(advice=notes)
+    return notes
+
+
 def _build(config, spec, run: RunDir, tokenizer, data, device: str):
     """The policy (and a separate reference when asked), wrapped in the method's TRL trainer."""
     from transformers import set_seed
@@ -220,7 +252,8 @@ def _build(config, spec, run: RunDir, tokenizer, data, device: str):
     method = get_method(pt.method)
     set_seed(config.seed)  # before the LoRA adapter is initialised: same seed -> same adapter
     model = load_model(spec.huggingface_id, spec.trust_remote_code)
-    check_target_modules(model, config.lora.target_modules)
+    check_target_modules(model, config.lora.target_modules, where=config.path_of("lora.target_modules"),
+                         model_name=spec.name)
     ref_model = None
     if method.uses_reference:
         say(f"   reference: {method.reference_note(config, spec.huggingface_id)}")
@@ -230,7 +263,27 @@ def _build(config, spec, run: RunDir, tokenizer, data, device: str):
     watch = HealthWatch()
     trainer = build_trainer(config, model=model, tokenizer=tokenizer, data=data, run_dir=run.path,
                             ref_model=ref_model, callbacks=[MetricsLogger(run), watch], use_cpu=device == "cpu")
+    ref_model = None  # our own reference to the separate reference model, so it can be freed below
+    _release_precomputed_reference(trainer, run)
     return trainer, watch
+
+
+def _release_precomputed_reference(trainer, run: RunDir) -> None:
+    """With precomputed reference log-probs the separate reference model is no longer needed: free it."""
+    import psutil
+
+    from .trl_hooks import release_reference
+
+    before = psutil.Process().memory_info().rss
+    released = release_reference(trainer)
+    if released is None:
+        return
+    change_mb = (psutil.Process().memory_info().rss - before) / 2**20
+    if released:
+        say(f"   reference model freed once its log-probs were precomputed (resident memory {change_mb:+.0f} MB)")
+    else:
+        say("   ! the reference model is still referenced after its log-probs were precomputed; it stays in memory")
+    run.update_summary(reference_released=released, reference_release_rss_change_mb=round(change_mb, 1))
 
 
 def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtime: float, ckpt, device: str) -> dict:
@@ -296,6 +349,15 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _check_lora_targets(config, indices: list[int]) -> None:
+    """Every model's LoRA targets against its own layers, before the first model loads (exit 2 if any miss)."""
+    from .targets import lora_target_problems
+
+    problems = lora_target_problems(config, indices)
+    if problems:
+        raise ConfigError(problems)
+
+
 def train(config, model_index: int | None = None, output_dir: str | None = None) -> list[RunResult]:
     """Train the config's models one after another (or only `model_index`); see the module docstring."""
     from .compat import check_versions
@@ -309,6 +371,7 @@ def train(config, model_index: int | None = None, output_dir: str | None = None)
     output_root = Path(output_dir or config.training.output_dir).expanduser()
     indices = [model_index] if model_index is not None else list(range(len(config.models)))
     load_preference_data(config, True)  # bad data stops here, before any model is loaded (exit 2)
+    _check_lora_targets(config, indices)
     results = [run_one(config, i, output_root) for i in indices]
     if len(config.models) > 1 and model_index is None and is_rank_zero():
         write_batch_record(output_root, results)

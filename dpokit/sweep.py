@@ -55,13 +55,14 @@ def judge_runs(run_dirs: list[str | Path], num_prompts: int, max_new_tokens: int
 
     The base model's answers (adapter off) are generated once per base model and data, not once per
     run. Columns: base_score / trained_score (percent passed, embedded task only), wins / losses
-    against the base, degenerate (answers with degeneration flags), drift_kl, and the answers.
+    against the base, degenerate (answers with degeneration flags whose base answer had none: a change from
+    base, see `evaluate.degeneration_change`), drift_kl, and the answers.
     `trust_remote_code`: let the runs' models run their own code (a run directory never passes that on)."""
     import pandas as pd
 
     from .drift import token_drift
-    from .evaluate import generate, heldout_prompts, win_tie_loss
-    from .judge import degeneration_flags, judge_many
+    from .evaluate import degeneration_change, generate, heldout_prompts, win_tie_loss
+    from .judge import judge_many
 
     rows, base_answers = [], {}
     for run in map(RunDir, run_dirs):
@@ -76,7 +77,7 @@ def judge_runs(run_dirs: list[str | Path], num_prompts: int, max_new_tokens: int
         answers = generate(model, tokenizer, prompts, max_new_tokens)
         row: dict[str, Any] = {"run_dir": str(run), "prompts": len(prompts), "answers": answers,
                                "base_answers": base_answers[key],
-                               "degenerate": sum(bool(degeneration_flags(a)) for a in answers)}
+                               "degenerate": degeneration_change(base_answers[key], answers)["degenerate"]}
         if specs is not None:
             b, t = judge_many(specs, base_answers[key]), judge_many(specs, answers)
             row.update(base_score=b["pass_rate"], trained_score=t["pass_rate"], passed=t["passed"],

@@ -125,7 +125,9 @@ def build_trainer(config, *, model, tokenizer, data, run_dir: Path, ref_model=No
     if config.finetuning.early_stopping_patience and data.eval is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=config.finetuning.early_stopping_patience))
     cbs += tracking_callbacks(config, run_dir.name)
-    kwargs = dict(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+    train_rows = method.trainer_rows(data.train, config)
+    eval_rows = method.trainer_rows(data.eval, config) if data.eval is not None else None
+    kwargs = dict(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
                   processing_class=tokenizer, peft_config=lora_config(config.lora), callbacks=cbs)
     if method.uses_reference:
         kwargs["ref_model"] = ref_model

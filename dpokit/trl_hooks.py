@@ -67,10 +67,18 @@ class TruncationHooks:
 
     @override
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         max_prompt, max_completion = self.dpokit_limits
         if max_prompt is None and max_completion is None:
-            return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        # TRL drops every row whose tokenized prompt alone reaches max_length, before these limits apply: a
+        # multi-turn hh-rlhf prompt longer than max_seq_length would vanish instead of losing its start, as
+        # max_prompt_length says. TRL reads args.max_length in its _prepare_dataset only for that filter, so it
+        # is unset for the call and the filter applied below, after the cut.
+        max_length, args.max_length = args.max_length, None
+        try:
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        finally:
+            args.max_length = max_length
         # KTO's KL_completion_ids are the batch's completions rotated by one: cut them the same way, or
         # the KL estimate would see longer answers than the loss does.
         completion_keys = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids")
@@ -83,8 +91,12 @@ class TruncationHooks:
                 out[k] = truncate_ids(example[k], max_completion, "start")
             return out
 
-        return dataset.map(cut, desc=f"Truncating {dataset_name} prompts/completions (max_prompt_length, "
-                                     "max_completion_length)")
+        dataset = dataset.map(cut, desc=f"Truncating {dataset_name} prompts/completions (max_prompt_length, "
+                                        "max_completion_length)")
+        if max_length is not None:  # TRL's filter, on the cut prompts (keeps all when max_prompt_length < max_length)
+            dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < max_length,
+                                     desc=f"Dropping {dataset_name} prompts that fill max_length")
+        return dataset
 
     @override
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -104,6 +116,31 @@ class TruncationHooks:
         with completion_tokens_only():
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
+
+
+def release_reference(trainer) -> bool | None:
+    """Drop the separate reference model once TRL has precomputed its log-probs (`precompute_ref_log_probs`).
+
+    TRL keeps `trainer.ref_model` for the whole run although, with the log-probs in the dataset, no training
+    or evaluation step reads it again: for a 7B model that is ~28 GB held for nothing. Its references are the
+    trainer's attribute and the list of models accelerate prepared (`Accelerator._models`); the caller must
+    drop its own. Returns True when the model was garbage-collected (checked with a weak reference), False
+    when something still holds it, None when there was nothing to release.
+    """
+    import gc
+    import weakref
+
+    reference = getattr(trainer, "ref_model", None)  # ORPO has none
+    if reference is None or not getattr(trainer.args, "precompute_ref_log_probs", False):
+        return None
+    probe = weakref.ref(reference)
+    prepared = getattr(trainer.accelerator, "_models", None)  # accelerate keeps every prepared model here
+    if isinstance(prepared, list):
+        prepared[:] = [m for m in prepared if m is not reference]
+    trainer.ref_model = None
+    del reference
+    gc.collect()
+    return probe() is None
 
 
 class completion_tokens_only:

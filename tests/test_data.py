@@ -76,6 +76,35 @@ def test_conversational_implicit_prompt_is_extracted(tmp_path):
     assert data.train[0]["prompt"][0]["role"] == "user" and len(data.train[0]["chosen"]) == 1
 
 
+def test_prompt_column_null_means_no_prompt_column_and_the_format_report_says_so(tmp_path):
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text(f"models: [{{name: m, huggingface_id: x}}]\ndataset:\n  name: {HH}\n  prompt_column: null\n"
+                         "  validation_split: 0.0\n  max_samples: null\n")
+    config = load_config(yaml_path)  # YAML null is accepted (it used to be "Input should be a valid string")
+    assert config.dataset.prompt_column is None
+    data = load_preference_data(config, tokenizer_has_chat_template=False)
+    assert data.format == "implicit" and data.train[0]["prompt"].endswith("\n\nAssistant:")
+    assert any("prompt column: none (dataset.prompt_column: null)" in n for n in data.notes), data.notes
+    # conversational message lists without a prompt column: the prompt is the shared leading messages
+    rows = [{"chosen": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}],
+             "rejected": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "no"}]}
+            for i in range(6)]
+    conv = load_preference_data(cfg(write_jsonl(tmp_path / "conv.jsonl", rows), prompt_column=None))
+    assert conv.format == "conversational-implicit"
+    # the default name, absent from the data, is reported as implicit too (and how to say it explicitly)
+    default = load_preference_data(cfg(HH), tokenizer_has_chat_template=False)
+    assert any("`prompt_column: null` says so explicitly" in n for n in default.notes), default.notes
+
+
+def test_a_configured_prompt_column_that_is_missing_is_an_error_with_a_suggestion(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", EXPLICIT)
+    with pytest.raises(DataError) as info:
+        load_preference_data(cfg(path, prompt_column="promt"))
+    message = str(info.value)
+    assert "dataset.prompt_column: 'promt' not found" in message and "Did you mean 'prompt'?" in message
+    assert "prompt_column: null" in message
+
+
 def test_custom_columns_are_mapped_and_reported(tmp_path):
     rows = [{"question": f"q{i}", "response_j": f"good {i}", "response_k": f"bad {i}"} for i in range(10)]
     path = write_jsonl(tmp_path / "se.jsonl", rows)

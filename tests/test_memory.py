@@ -131,6 +131,29 @@ def test_activations_grow_with_batch_and_sequence_and_the_head_with_completion_t
     assert longer_answers.terms["LM-head tiles"] == 2 * small.terms["LM-head tiles"]
 
 
+def test_each_method_has_its_own_terms_kto_one_sequence_per_row_and_orpo_the_full_logits(tiny_llama_dir):
+    from dpokit.memory import FULL_LOGIT_COPIES
+
+    def estimate(method, **extra):
+        config = config_for(tiny_llama_dir, **extra)
+        config.post_training.method = method
+        return estimate_memory(config, device="cpu")
+
+    dpo, ipo, kto, orpo = (estimate(m) for m in ("dpo", "ipo", "kto", "orpo"))
+    assert ipo.terms == dpo.terms  # IPO is DPOTrainer with another loss
+    # KTO runs one sequence per row with gradients (its KL completions run without): half DPO's saved activations
+    assert kto.terms["activations"] == dpo.terms["activations"] // 2 and kto.shape["rows"] == 2
+    assert kto.terms["LM-head tiles"] < dpo.terms["LM-head tiles"]
+    # ORPO scores every position through the full head and keeps the logits and their log-softmax
+    assert "LM-head tiles" not in orpo.terms
+    rows, seq, vocab, hidden = 4, orpo.shape["seq_len"], 49152, 64
+    assert orpo.terms["full logits (SFT + odds-ratio terms)"] == int(FULL_LOGIT_COPIES * rows * seq * vocab * 4) \
+        + rows * seq * hidden * 4
+    assert orpo.total > dpo.total and kto.total < dpo.total
+    assert any("full logits of all" in line for line in format_estimate(orpo))
+    assert any("KTO's KL completions run without gradients" in line for line in format_estimate(kto))
+
+
 def test_gpu_bf16_halves_matmul_activations_and_uses_the_in_place_head(tiny_llama_dir):
     fp32 = estimate_memory(config_for(tiny_llama_dir), device="cuda")
     bf16 = estimate_memory(config_for(tiny_llama_dir, bf16=True), device="cuda")

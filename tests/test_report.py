@@ -18,10 +18,15 @@ CORE_PLOTS = {"loss", "rewards", "margins", "accuracy", "learning_rate", "grad_n
 
 @pytest.fixture(scope="module")
 def batch(tiny_llama_dir, tiny_gpt2_dir, pairs_file, tmp_path_factory):
-    """A two-model batch whose second model fails (GPT-2 has no q_proj/v_proj): output root + results."""
+    """A two-model batch whose second model fails (its weights file is damaged): output root + results."""
+    import shutil
+
     root = tmp_path_factory.mktemp("batch")
+    broken = root / "broken-gpt2"
+    shutil.copytree(tiny_gpt2_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     models = [{"name": "tiny-llama", "huggingface_id": str(tiny_llama_dir)},
-              {"name": "tiny-gpt2", "huggingface_id": str(tiny_gpt2_dir)}]
+              {"name": "tiny-gpt2", "huggingface_id": str(broken), "lora": {"target_modules": ["c_attn"]}}]
     config = tiny_config(tiny_llama_dir, pairs_file, root, models=models, training={"max_steps": 3})
     return Path(config.training.output_dir), train(config)
 
@@ -78,7 +83,7 @@ def test_multi_model_batch_ends_with_one_report_next_to_its_summary(batch):
     text = page.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| tiny-")]
     assert rows[0].startswith("| tiny-llama | completed") and rows[1].startswith("| tiny-gpt2 | failed")
-    assert "match no module" in rows[1]  # the failure's reason is in the table
+    assert "cannot load" in rows[1]  # the failure's reason is in the table
     links = image_links(page)
     assert {p.stem for p in links} >= CORE_PLOTS and all(p.exists() for p in links)
     assert "## Glossary" in text and "reward = β × (log p_policy" in text

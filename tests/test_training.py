@@ -113,10 +113,13 @@ def test_model_index_out_of_range_exits_2(tmp_path, capsys):
 
 
 def test_unknown_lora_target_lists_the_model_layers_and_family_suggestion(tiny_gpt2_dir, pairs_file, tmp_path):
+    from dpokit.errors import ConfigError
+
     config = tiny_config(tiny_gpt2_dir, pairs_file, tmp_path)  # q_proj/v_proj do not exist in GPT-2
-    [result] = train(config)
-    assert result.status == "failed"
-    assert "c_attn" in result.error and "match no module" in result.error
+    with pytest.raises(ConfigError) as info:  # before any weights load: no run directory at all
+        train(config)
+    assert "c_attn" in str(info.value) and "match no module" in str(info.value)
+    assert not Path(config.training.output_dir).exists()
 
 
 def test_implicit_prompt_hh_rlhf_rows_train(tiny_llama_dir, tmp_path):

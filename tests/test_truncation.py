@@ -56,3 +56,20 @@ def test_length_limits_cut_prompts_keeping_the_end_and_completions_keeping_the_s
     assert text.strip().split()[0] in {"It", "No"}, text
     # the prompt keeps its end: the question's last words stay next to the answer
     assert "today" in tokenizer.decode(first["prompt_ids"])
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_prompt_longer_than_max_seq_length_loses_its_start_instead_of_its_row(
+        tiny_llama_dir, long_pairs, tmp_path, method):
+    # every prompt (~40 tokens) fills max_seq_length=30: TRL alone would drop every row before the cut
+    config = small_run_config(tiny_llama_dir, long_pairs, tmp_path, post_training={"method": method},
+                              training={"max_prompt_length": MAX_PROMPT, "max_completion_length": MAX_COMPLETION,
+                                        "max_seq_length": 30, "per_device_train_batch_size": 2})
+    spec = config.models[0]
+    tokenizer = load_tokenizer(spec.huggingface_id)
+    data = load_preference_data(config, tokenizer.chat_template is not None)
+    trainer = build_trainer(config, model=load_model(spec.huggingface_id), tokenizer=tokenizer, data=data,
+                            run_dir=tmp_path / "run")
+    assert len(trainer.train_dataset) == len(data.train) * (2 if method == "kto" else 1)
+    assert all(len(ids) == MAX_PROMPT for ids in trainer.train_dataset["prompt_ids"])
+    assert trainer.args.max_length == 30  # restored after TRL's dataset preparation
