@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the run's last checkpoint, in a new run directory (the run itself is never rewritten)")
     train.add_argument("--model-index", type=int, default=None, help="train only models[N] (0-based)")
     train.add_argument("--dry-run", action="store_true", help="validate and explain; load no weights, train nothing")
+    train.add_argument("--plan", nargs="?", const="here", default=None, metavar="TARGET",
+                       help="with --dry-run: will it fit on these GPUs (e.g. 1xA10G-24GB, 8x80GB; without a value: "
+                       "this machine's GPUs), and the cheapest change that makes it fit")
     train.add_argument("--output-dir", default=None, help="override training.output_dir")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set training.learning_rate=1e-6 (repeatable)")
@@ -174,18 +177,63 @@ def _dispatch(args) -> int:
         if args.dry_run:
             from .dryrun import dry_run
 
-            return dry_run(config, model_index=args.model_index, output_dir=args.output_dir)
+            return dry_run(config, model_index=args.model_index, output_dir=args.output_dir, plan_target=args.plan,
+                           argv=_child_argv(args.argv))
+        if args.plan is not None:
+            raise ConfigError([Problem("--plan", "only goes with --dry-run (it plans, it does not train)",
+                                       f"dpokit train --config {args.config} --dry-run --plan {args.plan}")],
+                              "command line")
         from .compat import check_versions
-        from .distributed import in_launched_process, launch
-        from .machine import DeviceInfo
+        from .launch import in_launched_process
         from .run import train
 
         check_versions()
-        if config.gpu.use_ddp and not in_launched_process():
-            return launch(config, args.argv, DeviceInfo.detect().cuda_devices)
+        if not in_launched_process():
+            status = _launch_if_needed(config, args)
+            if status is not None:
+                return status
         results = train(config, model_index=args.model_index, output_dir=args.output_dir)
         return report_results(results)
     return 2
+
+
+def _child_argv(argv: list[str]) -> list[str]:
+    """The command line each launched process runs: this one without --dry-run / --plan."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--dry-run" or arg.startswith("--plan="):
+            continue
+        if arg == "--plan":
+            skip = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+            continue
+        out.append(arg)
+    return out
+
+
+def _launch_if_needed(config, args) -> int | None:
+    """Re-run this command under accelerate launch / torchrun when the config asks for several processes,
+    a strategy engine, several machines or particular GPUs (dpokit.launch); None when it runs right here."""
+    from .errors import ConfigError
+    from .launch import format_plan, plan_for_config, run_launch
+    from .machine import DeviceInfo
+    from .rules import device_problems, scaling_advice
+
+    device = DeviceInfo.detect()
+    plan = plan_for_config(config, _child_argv(args.argv), device.cuda_devices, output_dir=args.output_dir)
+    if not plan.commands:
+        return None
+    indices = [args.model_index] if args.model_index is not None else range(len(config.models))
+    problems = [p for i in indices for p in device_problems(config.for_model(i), device)]
+    if problems:  # once here, rather than in every process
+        raise ConfigError(problems, args.config)
+    for line in format_plan(plan):
+        print(f"== {line}" if line.startswith("launch:") else line, flush=True)
+    for note in scaling_advice(config, device, plan.world_size):
+        print(f"   ! {note}", flush=True)
+    return run_launch(plan)
 
 
 def _resume_target(run_dir: str, overrides: dict, extend: bool):

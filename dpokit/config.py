@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
 from .errors import ConfigError, Problem
+from .scaling import DistributedSection, ModelLoadingSection, QuantizationSection
 
 EMBEDDED_DATASET = "embedded:instruct-tasks"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -216,12 +217,14 @@ ModelSpec.model_rebuild()
 
 
 class GpuSection(Section):
-    device_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="GPU ids to use; null = what "
-                                                                 "is visible.")
-    use_ddp: bool = Field(False, description="One process per device with DistributedDataParallel (via accelerate).")
+    device_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="GPU ids to use, applied as CUDA_VISIBLE_DEVICES with or without DDP; null = what is "
+        "visible (one process uses GPU 0).")
+    use_ddp: bool = Field(False, description="One process per device with DistributedDataParallel (accelerate "
+                          "launch; torchrun with gloo on a CPU); distributed.strategy picks FSDP or ZeRO instead.")
     on_missing: Literal["stop", "cpu"] = Field(
-        "stop", description="When the requested GPUs are not there: stop with an error, or fall back to CPU."
-    )
+        "stop", description="When the requested GPUs are not there: stop with an error, or fall back to CPU "
+        "(with use_ddp, one CPU process per requested GPU: the advice says what that costs).")
 
 
 class FinetuningSection(Section):
@@ -263,7 +266,8 @@ class EvaluationSection(Section):
 
 
 class Config(Section):
-    """A whole dpokit config (the guide's sections plus `seed` and `evaluation`)."""
+    """A whole dpokit config (the guide's sections plus `seed`, `evaluation` and the scaling sections
+    `model_loading`, `quantization`, `distributed` of dpokit/scaling.py)."""
 
     models: list[ModelSpec] = Field(description="Models to train one after another.")
     dataset: DatasetSection = Field(default_factory=DatasetSection)
@@ -271,6 +275,9 @@ class Config(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     gpu: GpuSection = Field(default_factory=GpuSection)
+    model_loading: ModelLoadingSection = Field(default_factory=ModelLoadingSection)
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     finetuning: FinetuningSection = Field(default_factory=FinetuningSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)

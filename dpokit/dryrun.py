@@ -32,23 +32,31 @@ def _no_dataset_progress_bars():
             ds_logging.enable_progress_bar()
 
 
-def dry_run(config, model_index: int | None = None, output_dir: str | None = None) -> int:
-    """Print the explanation; returns 2 if a model or the data cannot be used as configured, else 0."""
+def dry_run(config, model_index: int | None = None, output_dir: str | None = None, plan_target: str | None = None,
+            argv: list[str] | None = None) -> int:
+    """Print the explanation; returns 2 if a model or the data cannot be used as configured (or the --plan
+    target cannot be read), else 0. `plan_target`: a GPU target for the memory planner (`--plan`, "here" for
+    this machine's GPUs); `argv`: the dpokit command line the launch plan re-runs (default: train --config)."""
     from .compat import quiet_library_noise
 
     quiet_library_noise(config.logging.log_level)
     with _no_dataset_progress_bars():
-        return _dry_run(config, model_index, output_dir)
+        return _dry_run(config, model_index, output_dir, plan_target, argv)
 
 
-def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
+def _dry_run(config, model_index: int | None, output_dir: str | None, plan_target: str | None = None,
+             argv: list[str] | None = None) -> int:
+    from .planning import explain_launch, read_target
+
     device = DeviceInfo.detect()
+    target = read_target(plan_target, device) if plan_target else None  # a bad target stops here (exit 2)
     print("== resolved config (defaults < YAML < --set)\n")
     print(config.to_yaml())
     failures = 0
     indices = [model_index] if model_index is not None else range(len(config.models))
     for i in indices:
-        failures += _explain_model(config, i, device)
+        failures += _explain_model(config, i, device, target)
+    explain_launch(config, argv or ["train"], device, output_dir, target)
     root = Path(output_dir or config.training.output_dir).expanduser()
     print(f"\n== runs would be written under {root.resolve()} (a fresh directory per model; nothing is overwritten)")
     paths = path_problems(config, output_dir)
@@ -63,7 +71,7 @@ def _dry_run(config, model_index: int | None, output_dir: str | None) -> int:
     return 2 if found else 0
 
 
-def _explain_model(config, index: int, device: DeviceInfo) -> int:
+def _explain_model(config, index: int, device: DeviceInfo, target=None) -> int:
     from .data import load_preference_data
 
     overrides = config.models[index].overrides()
@@ -83,11 +91,15 @@ def _explain_model(config, index: int, device: DeviceInfo) -> int:
     _explain_reference(config, spec)
     tokenizer, problem, weights = None, 0, None
     try:
-        tokenizer, weights = _explain_weights(config, spec)
+        tokenizer, weights = _explain_weights(config, spec, device)
     except ModelError as e:
         unreachable = "cannot be reached" in str(e) or "not in the local" in str(e)
         print(f"   {'note' if unreachable else 'ERROR'}: {e}")
         problem = 0 if unreachable else 1
+    if target is not None:
+        from .planning import explain_plan
+
+        explain_plan(config, spec, weights, target)
     try:
         has_template = tokenizer.chat_template is not None if tokenizer is not None else False
         data = load_preference_data(config, has_template)
@@ -118,7 +130,7 @@ def _explain_reference(config, spec) -> None:
         print("   reference log-probs: computed once before training (precompute_ref_log_probs)")
 
 
-def _explain_weights(config, spec):
+def _explain_weights(config, spec, device: DeviceInfo):
     # Parameter and LoRA counts come from the model's layout (dpokit.memory.model_layout: a weightless
     # meta model, cached by config), not from wrapping it with PEFT: the same numbers
     # (tests/test_memory.py checks them against PEFT) without importing peft or, once cached, the
@@ -134,6 +146,10 @@ def _explain_weights(config, spec):
     trainable = lora_parameter_count(layout.linears, lora.target_modules, lora.r, lora.use_dora)
     print(f"   model: {layout.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
+    from .planning import describe_loading
+
+    for line in describe_loading(config, model_config, device):
+        print(f"   {line}")
     estimate = estimate_memory(config, 0, model_config=model_config, layout=layout)
     for line in format_estimate(estimate):
         print(f"   {line}")

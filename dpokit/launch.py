@@ -194,6 +194,32 @@ def plan_launch(*, strategy: str, argv: list[str], device_ids: list[int] | None,
                       _machine_commands(program, argv, num_machines))
 
 
+def plan_for_config(config, argv: list[str], cuda_devices: int, *, output_dir: str | None = None,
+                    python: str = sys.executable) -> LaunchPlan:
+    """The LaunchPlan of a dpokit Config run as `dpokit <argv>` on a machine with `cuda_devices` GPUs.
+
+    The generated accelerate config goes to `<output_dir>/launch/` (each run directory gets a copy,
+    `record_launch_config`); a user's accelerate file is used as is. One process on a machine with
+    several GPUs and no `gpu.device_ids` is given GPU 0 (a process that sees several GPUs would be
+    wrapped in nn.DataParallel, which TRL's trainers refuse)."""
+    from .scaling import resolve_fsdp_version, resolve_strategy
+
+    gpu, dist, t = config.gpu, config.distributed, config.training
+    strategy = resolve_strategy(dist, gpu.use_ddp)
+    device_ids = gpu.device_ids
+    if strategy == "single" and not device_ids and cuda_devices > 1 and not dist.accelerate_config:
+        device_ids = [0]
+    precision = "bf16" if t.bf16 else "fp16" if t.fp16 and cuda_devices else "fp32"
+    deepspeed_file = str(Path(dist.deepspeed_config).resolve()) if dist.deepspeed_config else None
+    return plan_launch(strategy=strategy, argv=argv, device_ids=device_ids, cuda_devices=cuda_devices,
+                       num_machines=dist.num_machines, machine_rank=dist.machine_rank,
+                       main_process_ip=dist.main_process_ip, main_process_port=dist.main_process_port,
+                       precision=precision, cpu_offload=dist.cpu_offload,
+                       fsdp_version=resolve_fsdp_version(dist, config.quantization),
+                       user_accelerate_config=dist.accelerate_config, deepspeed_config_file=deepspeed_file,
+                       config_dir=Path(output_dir or t.output_dir).expanduser() / "launch", python=python)
+
+
 def _machine_commands(program: tuple[str, ...], argv: list[str], num_machines: int) -> tuple[tuple[str, ...], ...]:
     """The dpokit command to type on each machine: the same one, with that machine's rank."""
     if num_machines == 1 or program != ("-m", "dpokit"):

@@ -24,6 +24,8 @@ class Package:
     pip: str
     min_version: str | None = None
     extra: str | None = None  # dpokit's extra that installs it
+    env: str = ""  # environment the install command needs (e.g. DeepSpeed without building its kernels)
+    pip_flags: str = ""  # e.g. --no-build-isolation for packages that compile against the installed torch
 
     @property
     def name(self) -> str:
@@ -38,6 +40,10 @@ class Package:
             text = f"pip install {self.pip}"
         else:
             text = f"pip install '{self.pip}>={minimum}'" if minimum else f"pip install {self.pip}"
+        if self.pip_flags:
+            text += f" {self.pip_flags}"
+        if self.env:
+            text = f"{self.env} {text}"
         return text + (f"  (or: pip install 'dpokit[{self.extra}]')" if self.extra else "")
 
 
@@ -52,6 +58,11 @@ def _bitsandbytes_min_version() -> str:
 
 
 BITSANDBYTES = Package("bitsandbytes", "bitsandbytes", extra="qlora")
+# DeepSpeed builds its CUDA kernels on first use with DS_BUILD_OPS=0 (no compiler needed to install it)
+DEEPSPEED = Package("deepspeed", "deepspeed", env="DS_BUILD_OPS=0", pip_flags="--no-build-isolation")
+FLASH_ATTENTION = {"flash_attention_2": Package("flash_attn", "flash-attn", pip_flags="--no-build-isolation"),
+                   "flash_attention_3": Package("flash_attn_interface",
+                                                "git+https://github.com/Dao-AILab/flash-attention#subdirectory=hopper")}
 # transformers 5.24's optimizers (`training.optim`) that need a package of their own
 # (transformers/trainer_optimizer.py); tests/test_packages.py checks every OptimizerNames value is
 # either here or in OPTIMIZERS_WITHOUT_PACKAGES, so a transformers upgrade that adds one is noticed.
@@ -75,6 +86,9 @@ OPTIMIZER_PACKAGES: dict[str, Package] = {
     "adamw_torch_xla": Package("torch_xla", "torch_xla"),
     "adamw_torch_npu_fused": Package("torch_npu", "torch_npu"),
 }
+# The optimizers transformers builds from bitsandbytes (its trainer_optimizer._BITSANDBYTES_OPTIMIZERS;
+# tests/test_packages.py turns a difference into a failing test).
+BNB_OPTIMIZERS = frozenset(name for name, package in OPTIMIZER_PACKAGES.items() if package is BITSANDBYTES)
 OPTIMIZERS_WITHOUT_PACKAGES = frozenset({"adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad",
                                          "rmsprop"})
 
@@ -98,10 +112,19 @@ def missing(package: Package) -> str | None:
 
 def needed_packages(config) -> list[tuple[str, str, Package]]:
     """(config path, what needs it, package) for every optional package the config's choices need."""
+    from .scaling import DEEPSPEED as DEEPSPEED_STRATEGIES
+    from .scaling import resolve_strategy
+
     out = []
     optim = config.training.optim
     if optim in OPTIMIZER_PACKAGES:
         out.append(("training.optim", f"optimizer '{optim}'", OPTIMIZER_PACKAGES[optim]))
+    load_in = config.quantization.load_in
+    if load_in != "none":
+        out.append(("quantization.load_in", f"{load_in} loading (bitsandbytes quantizes the weights)", BITSANDBYTES))
+    strategy = resolve_strategy(config.distributed, config.gpu.use_ddp)
+    if strategy in DEEPSPEED_STRATEGIES and not config.distributed.accelerate_config:
+        out.append(("distributed.strategy", f"strategy {strategy} (DeepSpeed ZeRO)", DEEPSPEED))
     return out
 
 

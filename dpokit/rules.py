@@ -14,6 +14,8 @@ from .errors import Problem
 from .machine import DeviceInfo
 from .methods import get_method
 from .packages import package_problems
+from .scaling import resolve_strategy
+from .scaling_rules import checkpoint_precision_warnings, device_scaling_problems, scaling_problems, scaling_warnings
 
 
 def check_rules(config) -> list[Problem]:
@@ -26,6 +28,7 @@ def check_rules(config) -> list[Problem]:
     problems += _length_rules(config)
     problems += _resume_rules(config)
     problems += _name_rules(config)
+    problems += _scaling_rules(config)
     if config.training.fp16 and config.training.bf16:
         problems.append(Problem("training.fp16", "fp16 and bf16 are both true; pick one precision",
                                 "bf16 on recent GPUs (A100, H100, RTX 30xx+), fp16 on older ones, neither on CPU"))
@@ -45,6 +48,24 @@ def _method_rules(config) -> list[Problem]:
                            "models[].trust_remote_code covers its base model)"))
     if lora.use_dora and lora.bias != "none":
         out.append(Problem("lora.bias", "DoRA does not support training biases in PEFT", "set bias: none"))
+    return out
+
+
+def _scaling_rules(config) -> list[Problem]:
+    """The model_loading / quantization / distributed rules (dpokit/scaling_rules.py), and how they meet `gpu`."""
+    t, gpu = config.training, config.gpu
+    out = scaling_problems(config.distributed, config.quantization, config.model_loading, use_ddp=gpu.use_ddp,
+                           fp16=t.fp16, bf16=t.bf16)
+    strategy = resolve_strategy(config.distributed, gpu.use_ddp)
+    if gpu.device_ids and len(set(gpu.device_ids)) != len(gpu.device_ids):
+        out.append(Problem("gpu.device_ids", f"{gpu.device_ids} names a GPU twice", "list each GPU once"))
+    elif gpu.device_ids and len(gpu.device_ids) > 1 and strategy == "single" and not config.distributed.accelerate_config:
+        # One process that sees several GPUs: transformers' Trainer wraps the model in nn.DataParallel,
+        # which TRL's preference trainers refuse (after the weights have loaded).
+        out.append(Problem("gpu.device_ids", f"{len(gpu.device_ids)} GPUs for one process (gpu.use_ddp is false and "
+                           "there is no distributed.strategy): transformers would wrap the model in nn.DataParallel, "
+                           "which TRL's trainers refuse", "set gpu.use_ddp: true (one process per GPU), "
+                           "distributed.strategy: fsdp / zero3, or list one GPU"))
     return out
 
 
@@ -183,15 +204,61 @@ def device_problems(config, device: DeviceInfo | None = None) -> list[Problem]:
     device = device or DeviceInfo.detect()
     out = _precision_rules(config, device)
     gpu = config.gpu
+    out += device_scaling_problems(config.distributed, config.model_loading, use_ddp=gpu.use_ddp,
+                                   cuda_devices=device.cuda_devices, on_missing=gpu.on_missing)
+    if config.model_loading.dtype == "fp16" and device.cuda_devices == 0 and gpu.on_missing == "stop":
+        out.append(Problem("model_loading.dtype", "fp16 weights need a CUDA GPU (a CPU cannot train in fp16) and "
+                           "there is none here", "set model_loading.dtype: auto (fp32 on a CPU), or gpu.on_missing: "
+                           "cpu to fall back to fp32 on the CPU"))
     wanted = len(gpu.device_ids) if gpu.device_ids else 0
     if not wanted or gpu.on_missing == "cpu":
         return out
-    missing = [i for i in gpu.device_ids if i >= device.cuda_devices]
+    missing = missing_gpus(gpu.device_ids, device.cuda_devices)
     if missing:
         return out + [Problem("gpu.device_ids", f"GPU(s) {missing} requested but this machine has "
                         f"{device.cuda_devices} CUDA device(s)",
                         "set gpu.on_missing: cpu to fall back to the CPU, or device_ids: null to use what is visible")]
     return out
+
+
+def missing_gpus(device_ids: list[int], cuda_devices: int) -> list[int]:
+    """The requested GPUs this process cannot see. Inside a process dpokit launched with
+    CUDA_VISIBLE_DEVICES set to `device_ids`, they are renumbered 0..n-1: then only their count matters."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible == ",".join(str(i) for i in device_ids):
+        return [] if cuda_devices >= len(device_ids) else device_ids[cuda_devices:]
+    return [i for i in device_ids if i >= cuda_devices]
+
+
+def scaling_advice(config, device: DeviceInfo, world_size: int) -> list[str]:
+    """What the scaling sections say before a run starts (dpokit.scaling_rules.scaling_warnings), and the
+    CPU fallback of several requested GPUs."""
+    pt, gpu = config.post_training, config.gpu
+    method = get_method(pt.method)
+    found = scaling_warnings(config.distributed, config.quantization, use_ddp=gpu.use_ddp, world_size=world_size,
+                             method_uses_reference=method.uses_reference, use_ref_model=pt.use_ref_model,
+                             ref_model_id=pt.ref_model_id, precompute_ref_log_probs=pt.precompute_ref_log_probs,
+                             optim=config.training.optim, use_dora=config.lora.use_dora)
+    if device.cuda_devices == 0:  # a sharding strategy cannot start here (device_problems says why): no process count
+        found = [p for p in found if not p.message.endswith("with one process shards nothing")]
+    notes = [f"{p.where}: {p.message}" + (f" ({p.hint})" if p.hint else "") for p in found]
+    if device.cuda_devices == 0 and gpu.device_ids and gpu.on_missing == "cpu" and world_size > 1:
+        notes.append(f"gpu.on_missing: cpu with {len(gpu.device_ids)} requested GPUs starts {world_size} CPU "
+                     "processes (torchrun, gloo), each holding a full copy of the model, its optimizer state and "
+                     f"activations: about {world_size}x the memory estimate in RAM, on CPU cores they share (set "
+                     "gpu.use_ddp: false for one CPU process)")
+    return notes
+
+
+def model_precision_advice(config, model_config, device: DeviceInfo) -> list[str]:
+    """fp16 on a model published in bfloat16 (its checkpoint's dtype, from the transformers config)."""
+    from .scaling import config_model_dtype
+
+    raw = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None)
+    published = str(raw).removeprefix("torch.") if raw is not None else None
+    found = checkpoint_precision_warnings(published, config_model_dtype(config, device.cuda_devices),
+                                          config.training.fp16 and device.cuda_devices > 0)
+    return [f"{p.where}: {p.message} ({p.hint})" for p in found]
 
 
 def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = None) -> list[str]:
@@ -225,6 +292,7 @@ def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = 
     if t.fp16 and device.cuda_devices == 0 and config.gpu.on_missing == "cpu":
         notes.append("fp16 is ignored on the CPU fallback: training runs in fp32")
     notes += get_method(pt.method).advice(config)
+    notes += scaling_advice(config, device, plan.world_size)
     if n_train_rows is not None:
         if n_train_rows < 1000:
             notes.append(f"{n_train_rows} training rows (< 1K): may overfit; watch eval loss, consider more epochs")

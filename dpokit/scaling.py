@@ -87,6 +87,14 @@ def resolve_model_dtype(dtype: str, *, fp16: bool, bf16: bool, on_gpu: bool = Tr
     return "fp32"
 
 
+def config_model_dtype(config, cuda_devices: int) -> str:
+    """The dtype a Config's model is loaded in on a machine with `cuda_devices` GPUs: model_loading.dtype,
+    auto following training.bf16 / fp16; fp16 weights fall back to fp32 on a CPU (gpu.on_missing: cpu)."""
+    t = config.training
+    dtype = resolve_model_dtype(config.model_loading.dtype, fp16=t.fp16, bf16=t.bf16, on_gpu=cuda_devices > 0)
+    return "fp32" if dtype == "fp16" and not cuda_devices else dtype
+
+
 def resolve_compute_dtype(quant: QuantizationSection, model_dtype: str) -> str:
     """The dtype bitsandbytes computes 4-bit matmuls in."""
     return model_dtype if quant.compute_dtype == "auto" else quant.compute_dtype

@@ -1,43 +1,26 @@
 """Cross-field rules for `model_loading`, `quantization` and `distributed` (see dpokit/scaling.py).
 
 `scaling_problems` returns what stops a run; `scaling_warnings` what a run should say before it
-starts; `device_scaling_problems` what this machine cannot do. Each is a list of `Problem`s with
+starts; `device_scaling_problems` what this machine cannot do. Whether a package the sections need
+(bitsandbytes, DeepSpeed, flash-attn) is installed, and the command that installs it, is
+`dpokit.packages`' job, for these sections as for the optimizers. Each is a list of `Problem`s with
 the dotted field path and the fix. What the pinned libraries support was read from their source
 and documentation; the issue or document behind each refusal is named next to it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from .errors import Problem
+from .packages import FLASH_ATTENTION, missing
 from .scaling import (DEEPSPEED, SHARDED, DistributedSection, ModelLoadingSection, QuantizationSection,
                       resolve_fsdp_version, resolve_model_dtype, resolve_quant_storage, resolve_strategy)
 
-BNB_INSTALL = 'pip install "bitsandbytes>=0.43.3"  (dpokit is tested with 0.50.2)'
-DEEPSPEED_INSTALL = 'DS_BUILD_OPS=0 pip install deepspeed  (kernels are then built on first use)'
-# The optimizers transformers builds from bitsandbytes (its trainer_optimizer._BITSANDBYTES_OPTIMIZERS;
-# tests/test_scaling_rules.py turns a difference into a failing test).
-BNB_OPTIMIZERS = frozenset({
-    "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "ademamix", "ademamix_8bit",
-    "paged_ademamix_32bit", "paged_ademamix_8bit", "lion_32bit", "lion_8bit", "paged_lion_32bit", "paged_lion_8bit",
-    "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit"})
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def uses_bitsandbytes_optimizer(optim: str) -> bool:
-    """Whether transformers builds this optimizer from bitsandbytes (8-bit and paged ones)."""
-    return optim in BNB_OPTIMIZERS
-
-
 def scaling_problems(dist: DistributedSection, quant: QuantizationSection, loading: ModelLoadingSection, *,
-                     use_ddp: bool, fp16: bool, bf16: bool, optim: str, installed=_installed) -> list[Problem]:
-    """Problems that hold on any machine (empty = fine). `installed(module)` says if a package is importable."""
+                     use_ddp: bool, fp16: bool, bf16: bool) -> list[Problem]:
+    """Problems that hold on any machine (empty = fine); missing packages are dpokit.packages' to report."""
     out: list[Problem] = []
     strategy = resolve_strategy(dist, use_ddp)
     out += _file_problems(dist)
@@ -48,15 +31,9 @@ def scaling_problems(dist: DistributedSection, quant: QuantizationSection, loadi
     if dist.fsdp_version is not None and strategy != "fsdp":
         out.append(Problem("distributed.fsdp_version", f"only applies to strategy fsdp (strategy is {strategy})",
                            "remove fsdp_version, or set distributed.strategy: fsdp"))
-    if strategy in DEEPSPEED and not installed("deepspeed"):
-        out.append(Problem("distributed.strategy", f"{strategy} runs on DeepSpeed, which is not installed",
-                           DEEPSPEED_INSTALL))
     out += _precision_problems(loading, quant, fp16=fp16, bf16=bf16)
     if quant.load_in != "none":
-        out += _quantization_problems(dist, quant, loading, strategy, fp16=fp16, bf16=bf16, installed=installed)
-    if uses_bitsandbytes_optimizer(optim) and not installed("bitsandbytes"):
-        out.append(Problem("training.optim", f"'{optim}' is a bitsandbytes optimizer and bitsandbytes is not "
-                           "installed", BNB_INSTALL + ", or use optim: adamw_torch"))
+        out += _quantization_problems(dist, quant, loading, strategy, fp16=fp16, bf16=bf16)
     return out
 
 
@@ -124,11 +101,8 @@ def _precision_problems(loading: ModelLoadingSection, quant: QuantizationSection
     return out
 
 
-def _quantization_problems(dist, quant, loading, strategy: str, *, fp16: bool, bf16: bool, installed) -> list[Problem]:
+def _quantization_problems(dist, quant, loading, strategy: str, *, fp16: bool, bf16: bool) -> list[Problem]:
     out = []
-    if not installed("bitsandbytes"):
-        out.append(Problem("quantization.load_in", f"{quant.load_in} loading needs bitsandbytes, which is not "
-                           "installed", BNB_INSTALL))
     if quant.load_in == "8bit":
         if strategy in SHARDED:
             # FSDP flattens only floating tensors and ZeRO-3 partitions them; 8-bit weights are int8:
@@ -201,7 +175,7 @@ def scaling_warnings(dist: DistributedSection, quant: QuantizationSection, *, us
 
 
 def device_scaling_problems(dist: DistributedSection, loading: ModelLoadingSection, *, use_ddp: bool,
-                            cuda_devices: int, on_missing: str, installed=_installed) -> list[Problem]:
+                            cuda_devices: int, on_missing: str) -> list[Problem]:
     """What this machine cannot do of the config (errors for training, notes for a dry run)."""
     out = []
     strategy = resolve_strategy(dist, use_ddp)
@@ -215,10 +189,11 @@ def device_scaling_problems(dist: DistributedSection, loading: ModelLoadingSecti
         if cuda_devices == 0 and on_missing == "stop":
             out.append(Problem("model_loading.attn_implementation", f"{loading.attn_implementation} needs a CUDA "
                                "GPU", "use sdpa (or null) here"))
-        module = "flash_attn" if loading.attn_implementation == "flash_attention_2" else "flash_attn_interface"
-        if cuda_devices and not installed(module):
+        package = FLASH_ATTENTION[loading.attn_implementation]
+        why = missing(package) if cuda_devices else None
+        if why:
             out.append(Problem("model_loading.attn_implementation", f"{loading.attn_implementation} needs the "
-                               f"{module} package", "pip install flash-attn --no-build-isolation, or use sdpa"))
+                               f"{package.name} package, which {why}", package.install_command() + ", or use sdpa"))
     return out
 
 

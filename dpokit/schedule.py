@@ -11,14 +11,35 @@ from dataclasses import dataclass
 
 
 def world_size(config, cuda_devices: int) -> int:
-    """Training processes: one per requested device with `gpu.use_ddp` (all visible GPUs when
-    `device_ids` is null, one CPU process when there are none), else one."""
-    gpu = config.gpu
-    if not gpu.use_ddp:
-        return 1
-    if gpu.device_ids:
-        return len(gpu.device_ids)
-    return max(cuda_devices, 1)
+    """Training processes over all machines: processes per machine x distributed.num_machines.
+
+    A multi-process run (gpu.use_ddp, a distributed.strategy, several machines) starts one process per
+    requested GPU, every visible GPU when `gpu.device_ids` is null, or one CPU process when there are
+    none (dpokit.launch.processes_per_machine, what the launcher starts); a user's accelerate file says
+    its own `num_processes` (over all machines). Otherwise one process."""
+    from .launch import processes_per_machine
+    from .scaling import is_multi_process
+
+    gpu, dist = config.gpu, config.distributed
+    if dist.accelerate_config:
+        counted = accelerate_file_processes(dist.accelerate_config)
+        if counted:
+            return counted
+    multi = is_multi_process(dist, gpu.use_ddp) or dist.num_machines > 1
+    return processes_per_machine(gpu.device_ids, cuda_devices, multi) * dist.num_machines
+
+
+def accelerate_file_processes(path) -> int | None:
+    """`num_processes` of a user's accelerate config (all machines), None when it cannot be read."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    value = data.get("num_processes") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 @dataclass(frozen=True)

@@ -90,3 +90,35 @@ def test_installed_optional_packages_pass(tiny_llama_dir):
     config = load_config(data={"models": [{"name": "m", "huggingface_id": "x"}],
                                "training": {"optim": "paged_adamw_8bit"}, "logging": {"report_to": ["none"]}})
     assert config.training.optim == "paged_adamw_8bit"
+
+
+@pytest.mark.parametrize("settings, where, command", [
+    ({"quantization": {"load_in": "4bit"}}, "quantization.load_in", "pip install 'bitsandbytes>="),
+    ({"quantization": {"load_in": "8bit"}}, "quantization.load_in", "dpokit[qlora]"),
+    ({"distributed": {"strategy": "zero3"}}, "distributed.strategy", "DS_BUILD_OPS=0 pip install deepspeed"),
+    ({"distributed": {"strategy": "zero2"}}, "distributed.strategy", "DS_BUILD_OPS=0 pip install deepspeed"),
+])
+def test_scaling_settings_name_their_missing_package_in_the_same_place(settings, where, command, without):
+    without("bitsandbytes", "deepspeed")
+    with pytest.raises(ConfigError) as info:
+        load_config(data={"models": [{"name": "m", "huggingface_id": "x"}], "logging": {"report_to": ["none"]},
+                          "training": {"bf16": True}, **settings})
+    problems = [p for p in info.value.problems if p.where == where]
+    assert len(problems) == 1 and "is not installed" in problems[0].message and command in problems[0].hint
+
+
+def test_a_users_accelerate_file_decides_the_engine_so_deepspeed_is_not_demanded(tmp_path, without):
+    mine = tmp_path / "accelerate.yaml"
+    mine.write_text("distributed_type: MULTI_GPU\nnum_processes: 2\n")
+    without("deepspeed")
+    config = load_config(data={"models": [{"name": "m", "huggingface_id": "x"}], "logging": {"report_to": ["none"]},
+                               "distributed": {"accelerate_config": str(mine)}})
+    assert config.distributed.accelerate_config == str(mine)
+
+
+def test_the_bitsandbytes_optimizer_list_is_the_one_transformers_uses():
+    from transformers.trainer_optimizer import _BITSANDBYTES_OPTIMIZERS  # private: this test guards our copy
+
+    from dpokit.packages import BNB_OPTIMIZERS
+
+    assert BNB_OPTIMIZERS == {o.value for o in _BITSANDBYTES_OPTIMIZERS}
