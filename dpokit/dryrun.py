@@ -91,11 +91,15 @@ def _explain_model(config, index: int, device: DeviceInfo, target=None) -> int:
     _explain_reference(config, spec)
     tokenizer, problem, weights = None, 0, None
     try:
-        tokenizer, weights = _explain_weights(config, spec, device)
+        tokenizer, weights = _explain_weights(config, spec)
     except ModelError as e:
         unreachable = "cannot be reached" in str(e) or "not in the local" in str(e)
         print(f"   {'note' if unreachable else 'ERROR'}: {e}")
         problem = 0 if unreachable else 1
+    from .planning import describe_loading
+
+    for line in describe_loading(config, weights[0] if weights else None, device):
+        print(f"   {line}")
     if target is not None:
         from .planning import explain_plan
 
@@ -130,7 +134,7 @@ def _explain_reference(config, spec) -> None:
         print("   reference log-probs: computed once before training (precompute_ref_log_probs)")
 
 
-def _explain_weights(config, spec, device: DeviceInfo):
+def _explain_weights(config, spec):
     # Parameter and LoRA counts come from the model's layout (dpokit.memory.model_layout: a weightless
     # meta model, cached by config), not from wrapping it with PEFT: the same numbers
     # (tests/test_memory.py checks them against PEFT) without importing peft or, once cached, the
@@ -146,10 +150,6 @@ def _explain_weights(config, spec, device: DeviceInfo):
     trainable = lora_parameter_count(layout.linears, lora.target_modules, lora.r, lora.use_dora)
     print(f"   model: {layout.model_type}, {total / 1e6:.1f}M parameters; LoRA r={lora.r} on "
           f"{lora.target_modules}: {trainable:,} trainable ({100 * trainable / total:.2f}%)")
-    from .planning import describe_loading
-
-    for line in describe_loading(config, model_config, device):
-        print(f"   {line}")
     estimate = estimate_memory(config, 0, model_config=model_config, layout=layout)
     for line in format_estimate(estimate):
         print(f"   {line}")

@@ -3,7 +3,8 @@
 `export_run(run_dir, out_dir)` writes the LoRA adapter with its tokenizer (load it with
 `PeftModel.from_pretrained(base, out_dir)`); with `merge=True` it writes a full model with the
 adapter folded into the weights, which plain `AutoModelForCausalLM.from_pretrained(out_dir)` and
-`transformers.pipeline("text-generation", model=out_dir)` load. `chat(run_dir)` answers prompts
+`transformers.pipeline("text-generation", model=out_dir)` load; it is saved in the dtype the run
+trained in, and a QLoRA run's adapter is merged into the unquantized base. `chat(run_dir)` answers prompts
 typed on stdin, optionally next to the base model's answers.
 """
 
@@ -55,9 +56,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, tr
     from .compat import quiet_library_noise
 
     quiet_library_noise()
+    from .models import model_dtype_name
+
+    config = run.config()
     print(f"   merging the adapter into {model_id} ...", flush=True)
-    model, tokenizer = run.load_trained(trust_remote_code=trust_remote_code)
+    model, tokenizer = run.load_trained(trust_remote_code=trust_remote_code, quantized=False)
     merged = model.merge_and_unload()
+    info["dtype"] = model_dtype_name(merged)  # saved in the dtype the model trained in (model_loading.dtype)
+    if config.quantization.load_in != "none":
+        info["quantization_note"] = (f"the run trained on a {config.quantization.load_in} base; the adapter was "
+                                     f"merged into the unquantized base in {info['dtype']}, so the merged model's "
+                                     "answers can differ slightly from the quantized model's")
+        print(f"   note: {info['quantization_note']}", flush=True)
     merged.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     _write_info(out, info, "AutoModelForCausalLM.from_pretrained(DIR) or pipeline('text-generation', model=DIR)")

@@ -69,20 +69,88 @@ def load_tokenizer(model_id: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(model_id: str, trust_remote_code: bool = False, dtype=None, device: str | None = None):
-    """The causal LM with weights, in `dtype` (default fp32), on `device` (default: CPU/current)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def load_model(model_id: str, trust_remote_code: bool = False, dtype=None, device: str | None = None, *,
+               attn_implementation: str | None = None, quantization_config=None, strategy: str = "single",
+               gradient_checkpointing: bool = False, prepare: bool = True):
+    """The causal LM with weights, in `dtype` (fp32 | bf16 | fp16 or a torch dtype; default fp32), with
+    `attn_implementation` (None: transformers' default), quantized by bitsandbytes when
+    `quantization_config` is given (dpokit.quantization.load_policy: placed on this process's GPU and, with
+    `prepare`, made trainable with prepare_model_for_kbit_training), then moved to `device` (not a
+    quantized model: it is quantized where it is placed)."""
+    from .quantization import load_policy
 
     path = resolve_model_path(model_id)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
-                                                     **_remote(trust_remote_code))
+        model = load_policy(path, dtype=dtype_name(dtype), attn_implementation=attn_implementation,
+                            quantization_config=quantization_config, strategy=strategy, local_rank=_local_rank(),
+                            cuda=_cuda(), gradient_checkpointing=gradient_checkpointing,
+                            trust_remote_code=trust_remote_code, prepare=prepare)
     except Exception as e:
         raise ModelError(_load_failure(model_id, e)) from None
-    if device:
+    if device and quantization_config is None:
         model.to(device)
     return model
+
+
+def load_for_config(config, model_id: str, trust_remote_code: bool, cuda_devices: int, *, reference: bool = False):
+    """A model as `config` says to load it: model_loading.dtype (auto follows training.bf16 / fp16),
+    model_loading.attn_implementation, and the quantization section (bitsandbytes). The policy is prepared
+    for k-bit training; a separate reference (`reference=True`) is loaded the same way and left frozen."""
+    from .quantization import bnb_config
+    from .scaling import config_model_dtype, resolve_compute_dtype, resolve_quant_storage, resolve_strategy
+
+    dtype = config_model_dtype(config, cuda_devices)
+    strategy = resolve_strategy(config.distributed, config.gpu.use_ddp)
+    quant = config.quantization
+    quantization = bnb_config(quant.load_in, quant_type=quant.quant_type,
+                              compute_dtype=resolve_compute_dtype(quant, dtype), double_quant=quant.double_quant,
+                              quant_storage=resolve_quant_storage(quant, strategy, dtype))
+    model = load_model(model_id, trust_remote_code, dtype, attn_implementation=config.model_loading.attn_implementation,
+                       quantization_config=quantization, strategy=strategy,
+                       gradient_checkpointing=config.training.gradient_checkpointing and not reference,
+                       prepare=not reference)
+    if reference:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def dtype_name(dtype) -> str:
+    """fp32 | bf16 | fp16 for a name or a torch dtype (None = fp32)."""
+    if dtype is None:
+        return "fp32"
+    if isinstance(dtype, str):
+        if dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype!r}")
+        return dtype
+    names = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+    if str(dtype) not in names:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return names[str(dtype)]
+
+
+def model_dtype_name(model) -> str:
+    """The dtype a loaded model's unquantized weights are in (fp32 | bf16 | fp16), from its parameters."""
+    import torch
+
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    counts: dict[str, int] = {}
+    for param in model.parameters():
+        if param.dtype in names:
+            counts[names[param.dtype]] = counts.get(names[param.dtype], 0) + param.numel()
+    return max(counts, key=counts.get) if counts else "fp32"
+
+
+def _local_rank() -> int | None:
+    import os
+
+    value = os.environ.get("LOCAL_RANK")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def meta_model(model_config):

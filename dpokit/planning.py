@@ -72,7 +72,8 @@ def describe_loading(config, model_config, device: DeviceInfo) -> list[str]:
     elif quant.load_in == "8bit":
         lines.append("quantization: 8-bit (bitsandbytes LLM.int8); the adapter loads on the unquantized base after "
                      "training")
-    lines += [f"! {note}" for note in model_precision_advice(config, model_config, device)]
+    if model_config is not None:  # the checkpoint's own dtype
+        lines += [f"! {note}" for note in model_precision_advice(config, model_config, device)]
     return lines
 
 
@@ -115,9 +116,10 @@ def explain_plan(config, spec, weights, target) -> None:
 
 
 def launch_gpus(config, cuda_devices: int, target=None) -> tuple[int, str | None]:
-    """GPUs to show the launch for, and why when they are not this machine's: on a machine without CUDA, a
-    run that needs GPUs (a sharding strategy, or device_ids that would stop here) is shown as it would start
-    on a machine with them (the --plan target's count, else the GPUs device_ids names, else 8)."""
+    """GPUs per machine to show the launch for, and why when they are not this machine's: on a machine without
+    CUDA, a run that needs GPUs (a sharding strategy, or device_ids that would stop here) is shown as it would
+    start on machines with them (the --plan target's GPUs shared by the machines, else the GPUs device_ids
+    names, else 8)."""
     from .scaling import resolve_strategy
 
     if cuda_devices:
@@ -127,8 +129,13 @@ def launch_gpus(config, cuda_devices: int, target=None) -> tuple[int, str | None
     needs_gpus = strategy in SHARDING or (gpu.device_ids and gpu.on_missing == "stop")
     if not needs_gpus or dist.accelerate_config:
         return 0, None
-    n = target.count if target is not None else (max(gpu.device_ids) + 1 if gpu.device_ids else ASSUMED_GPUS)
-    return n, (f"this machine has no CUDA GPU; the launch is shown as it starts on a machine with {n} GPU(s)"
+    if target is not None:  # the target counts the GPUs of every machine
+        n = -(-target.count // dist.num_machines)
+    else:
+        n = max(gpu.device_ids) + 1 if gpu.device_ids else ASSUMED_GPUS
+    machines = f"{dist.num_machines} machines" if dist.num_machines > 1 else "a machine"
+    return n, (f"this machine has no CUDA GPU; the launch is shown as it starts on {machines} with {n} GPU(s)"
+               + (" each" if dist.num_machines > 1 else "")
                + ("" if target is not None else " (--plan COUNTxSIZE shows another count)"))
 
 

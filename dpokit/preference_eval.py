@@ -175,6 +175,13 @@ def reference_for(config, spec):
     if not get_method(pt.method).uses_reference or not pt.use_ref_model or not pt.ref_model_id \
             or pt.ref_model_id == spec.huggingface_id:
         return None
-    from .models import load_model
+    import torch
 
-    return load_model(pt.ref_model_id, spec.trust_remote_code).eval()
+    from .models import load_model
+    from .scaling import config_model_dtype
+
+    cuda = torch.cuda.is_available()
+    return load_model(pt.ref_model_id, pt.ref_model_trust_remote_code,
+                      config_model_dtype(config, torch.cuda.device_count() if cuda else 0),
+                      device="cuda" if cuda else "cpu",
+                      attn_implementation=config.model_loading.attn_implementation).eval()

@@ -94,9 +94,10 @@ def prepare_quantized(model, *, gradient_checkpointing: bool, sharded: bool):
 
 def load_policy(path: str, *, dtype: str, attn_implementation: str | None = None, quantization_config=None,
                 strategy: str = "single", local_rank: int | None = None, cuda: bool = False,
-                gradient_checkpointing: bool = False, trust_remote_code: bool = False):
-    """The policy's base model, in `dtype`, quantized when `quantization_config` is given and prepared
-    for k-bit training. `path` is a local directory or hub id (dpokit.models.resolve_model_path)."""
+                gradient_checkpointing: bool = False, trust_remote_code: bool = False, prepare: bool = True):
+    """The policy's base model, in `dtype`, quantized when `quantization_config` is given and (with
+    `prepare`) prepared for k-bit training; a frozen reference is loaded with prepare=False.
+    `path` is a local directory or hub id (dpokit.models.resolve_model_path)."""
     from transformers import AutoModelForCausalLM
 
     quantized = quantization_config is not None
@@ -107,7 +108,7 @@ def load_policy(path: str, *, dtype: str, attn_implementation: str | None = None
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quantized:
+    if quantized and prepare:
         model = prepare_quantized(model, gradient_checkpointing=gradient_checkpointing,
                                   sharded=strategy in ("fsdp", "zero3"))
     return model

@@ -131,6 +131,10 @@ def run_one(config, model_index: int, output_root: Path) -> RunResult:
         elif is_rank_zero():
             run = RunDir.create(output_root, spec.name, pt.method)
         run = RunDir(shared_value(str(run) if run else None))  # one directory for all processes of a DDP run
+        if is_rank_zero():
+            from .launch import record_launch_config
+
+            record_launch_config(run.path)  # the accelerate config this run was launched with, if any
         say(f"\n== {spec.name} ({spec.huggingface_id}) · {pt.method} {pt.loss_types or ''} -> {run}")
         if spec.trust_remote_code:
             say("   trust_remote_code: true — this model's own Python code will run")
@@ -241,17 +245,28 @@ def _give_advice(config, run: RunDir, n_train_rows: int) -> list[str]:
 
 
 def _build(config, spec, run: RunDir, tokenizer, data, device: str):
-    """The policy (and a separate reference when asked), wrapped in the method's TRL trainer."""
+    """The policy (and a separate reference when asked), wrapped in the method's TRL trainer.
+
+    The model loads as the config says (model_loading dtype and attention kernel, quantization). Under
+    ZeRO-3 and FSDP the training arguments are built first: creating them registers the DeepSpeed config
+    (transformers then builds the model partitioned, zero.Init) and FSDP's settings, which
+    `from_pretrained` reads while loading."""
+    import torch
     from transformers import set_seed
 
     from .health import HealthWatch
-    from .models import check_target_modules, load_model
-    from .trainers import build_trainer
+    from .models import check_target_modules, load_for_config
+    from .scaling import SHARDED, resolve_strategy
+    from .trainers import build_trainer, build_training_args
 
     pt = config.post_training
     method = get_method(pt.method)
+    cuda_devices = torch.cuda.device_count() if device == "cuda" else 0
+    args = None
+    if resolve_strategy(config.distributed, config.gpu.use_ddp) in SHARDED:
+        args = build_training_args(config, run.path, data.eval is not None, device == "cpu")
     set_seed(config.seed)  # before the LoRA adapter is initialised: same seed -> same adapter
-    model = load_model(spec.huggingface_id, spec.trust_remote_code)
+    model = load_for_config(config, spec.huggingface_id, spec.trust_remote_code, cuda_devices)
     check_target_modules(model, config.lora.target_modules, where=config.path_of("lora.target_modules"),
                          model_name=spec.name)
     ref_model = None
@@ -259,10 +274,12 @@ def _build(config, spec, run: RunDir, tokenizer, data, device: str):
         say(f"   reference: {method.reference_note(config, spec.huggingface_id)}")
         if pt.use_ref_model:  # a separate reference model is trusted only by its own setting
             trust = pt.ref_model_trust_remote_code if pt.ref_model_id else spec.trust_remote_code
-            ref_model = load_model(pt.ref_model_id or spec.huggingface_id, trust)
+            ref_model = load_for_config(config, pt.ref_model_id or spec.huggingface_id, trust, cuda_devices,
+                                        reference=True)
     watch = HealthWatch()
     trainer = build_trainer(config, model=model, tokenizer=tokenizer, data=data, run_dir=run.path,
-                            ref_model=ref_model, callbacks=[MetricsLogger(run), watch], use_cpu=device == "cpu")
+                            ref_model=ref_model, callbacks=[MetricsLogger(run), watch], use_cpu=device == "cpu",
+                            args=args)
     ref_model = None  # our own reference to the separate reference model, so it can be freed below
     _release_precomputed_reference(trainer, run)
     return trainer, watch
@@ -295,6 +312,9 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
     history = run.metrics()
     status = {None: "completed", "interrupted": "interrupted"}.get(watch.stopped_reason, "stopped")
     if status != "stopped":  # never save weights that produced a NaN loss
+        if getattr(trainer, "is_fsdp_enabled", False):
+            # checkpoints stay sharded (each rank its shard); the adapter is saved whole, gathered on rank 0
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(run.adapter_dir))
         if is_rank_zero():
             tokenizer.save_pretrained(str(run.adapter_dir))
@@ -322,6 +342,7 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
         "health": alarms,
         "trl_settings": resolved_trainer_settings(trainer),
         "device": device,
+        "scaling": scaling_record(config, trainer),
     }
     if is_rank_zero():  # PNG curves of the logged metrics in run_dir/plots/ (dpokit/report.py)
         from .report import plot_run
@@ -329,6 +350,21 @@ def _finish(config, spec, run: RunDir, trainer, watch, tokenizer, output, runtim
         summary["plots"] = [str(p) for p in plot_run(run)]
     run.write_summary(summary)
     return summary
+
+
+def scaling_record(config, trainer) -> dict:
+    """How the run was spread and loaded: processes, strategy, the weights' dtype, quantization, attention."""
+    from .models import model_dtype_name
+    from .scaling import resolve_strategy
+
+    model = trainer.model
+    return {"world_size": trainer.args.world_size,
+            "strategy": "custom" if config.distributed.accelerate_config else
+            resolve_strategy(config.distributed, config.gpu.use_ddp),
+            "num_machines": config.distributed.num_machines,
+            "model_dtype": model_dtype_name(model),
+            "quantization": config.quantization.load_in,
+            "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None)}
 
 
 def _owns(run: RunDir) -> bool:

@@ -227,27 +227,37 @@ class RunDir:
                               "give the directory of a completed `dpokit train` run")
         return self.adapter_dir
 
-    def load_trained(self, device: str | None = None, trust_remote_code: bool = False):
+    def load_trained(self, device: str | None = None, trust_remote_code: bool = False, quantized: bool = True):
         """(PeftModel with the run's adapter, tokenizer), in eval mode on `device` (default: the GPU if
-        there is one, else the CPU). With the adapter switched off it is the base model.
+        there is one, else the CPU), in the dtype the run trained in (its model_loading.dtype, auto following
+        training.bf16 / fp16) with its attention kernel. With the adapter switched off it is the base model.
+        A QLoRA run's base is loaded quantized as it trained (`quantized=False`: the unquantized base in the
+        model dtype, what a merged export is made from).
 
         A run directory may come from someone else: its `trust_remote_code: true` is not inherited, the
         caller must pass `trust_remote_code=True` (the CLI's --trust-remote-code) to let the model's code run."""
         import torch
         from peft import PeftModel
 
-        from .models import load_model, load_tokenizer
+        from .models import load_for_config, load_model, load_tokenizer
+        from .scaling import config_model_dtype
 
         adapter = self.require_adapter()
-        spec = self.model_spec()
+        config = self.config()
+        spec = self.model_spec(config)
         if spec.trust_remote_code and not trust_remote_code:
             raise DpokitError(f"{self.path}: its model {spec.huggingface_id} runs its own Python code "
                               "(trust_remote_code: true in its resolved_config.yaml). A run directory does not pass "
                               "that trust on: add --trust-remote-code (Python: trust_remote_code=True) if you trust "
                               f"{spec.huggingface_id}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cuda_devices = torch.cuda.device_count() if device.startswith("cuda") else 0
         tokenizer = load_tokenizer(spec.huggingface_id, spec.trust_remote_code)
-        base = load_model(spec.huggingface_id, spec.trust_remote_code, device=device)
+        if quantized and config.quantization.load_in != "none":
+            base = load_for_config(config, spec.huggingface_id, spec.trust_remote_code, cuda_devices, reference=True)
+        else:
+            base = load_model(spec.huggingface_id, spec.trust_remote_code, config_model_dtype(config, cuda_devices),
+                              device=device, attn_implementation=config.model_loading.attn_implementation)
         try:
             model = PeftModel.from_pretrained(base, str(adapter))
         except Exception as e:  # truncated safetensors, invalid adapter_config.json, wrong shapes ...

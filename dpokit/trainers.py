@@ -65,7 +65,9 @@ def training_kwargs(config, run_dir: Path, has_eval: bool, use_cpu: bool) -> dic
     )
     kw.update(checkpointing_kwargs(method.config_class(), t.gradient_checkpointing))
     kw.update(method.trl_kwargs(config))
-    if config.gpu.use_ddp and t.gradient_checkpointing:
+    from .scaling import resolve_strategy
+
+    if resolve_strategy(config.distributed, config.gpu.use_ddp) == "ddp" and t.gradient_checkpointing:
         kw["ddp_find_unused_parameters"] = False  # DDP + checkpointing + LoRA
     return kw
 
@@ -106,8 +108,11 @@ def restore_lora_dropout(model, p: float) -> int:
 
 
 def build_trainer(config, *, model, tokenizer, data, run_dir: Path, ref_model=None, callbacks=(),
-                  use_cpu: bool = True):
+                  use_cpu: bool = True, args=None):
     """A ready-to-train TRL trainer (DPO/KTO/ORPO) with the LoRA adapter from the config.
+
+    `args`: the method's TRL config built beforehand (`build_training_args`, as ZeRO-3 and FSDP need
+    before the model loads); None builds it here.
 
     Checks the installed library versions and TRL's private surface first (dpokit/trl_hooks.py),
     and after construction that TRL resolved what the config asked for (`check_resolved`).
@@ -119,7 +124,8 @@ def build_trainer(config, *, model, tokenizer, data, run_dir: Path, ref_model=No
 
     method = get_method(config.post_training.method)
     run_dir = Path(run_dir)
-    args = build_training_args(config, run_dir, data.eval is not None, use_cpu)
+    if args is None:
+        args = build_training_args(config, run_dir, data.eval is not None, use_cpu)
     cls = trainer_class(method.name, (config.training.max_prompt_length, config.training.max_completion_length))
     cbs = list(callbacks)
     if config.finetuning.early_stopping_patience and data.eval is not None:
