@@ -254,14 +254,17 @@ def estimate_memory(config, model_index: int = 0, *, device: str | None = None, 
         completion_len = max(1, seq_len - prompt)
     from .methods import get_method
 
+    from .scaling import config_model_dtype
+
     method = get_method(pt.method)
     separate = method.uses_reference and pt.use_ref_model
+    weights_dtype = config_model_dtype(config, 0 if device == "cpu" else 1)  # model_loading.dtype, auto: the flags
     return estimate_from_shape(
         model_shape(model_config), layout.linears, batch_size=t.per_device_train_batch_size,
         seq_len=seq_len, completion_len=completion_len, lora_rank=lora.r,
         lora_target_modules=lora.target_modules, gradient_checkpointing=t.gradient_checkpointing,
         separate_reference=separate, num_parameters=layout.num_parameters, precision=precision, device=device,
-        optimizer=t.optim, use_dora=lora.use_dora, lora_dropout=lora.lora_dropout,
+        optimizer=t.optim, use_dora=lora.use_dora, lora_dropout=lora.lora_dropout, weights_dtype=weights_dtype,
         sequences_per_row=method.sequences_per_row, full_logits=method.full_logits)
 
 

@@ -105,7 +105,8 @@ def load_for_config(config, model_id: str, trust_remote_code: bool, cuda_devices
     quantization = bnb_config(quant.load_in, quant_type=quant.quant_type,
                               compute_dtype=resolve_compute_dtype(quant, dtype), double_quant=quant.double_quant,
                               quant_storage=resolve_quant_storage(quant, strategy, dtype))
-    model = load_model(model_id, trust_remote_code, dtype, attn_implementation=config.model_loading.attn_implementation,
+    model = load_model(model_id, trust_remote_code, dtype=dtype,
+                       attn_implementation=config.model_loading.attn_implementation,
                        quantization_config=quantization, strategy=strategy,
                        gradient_checkpointing=config.training.gradient_checkpointing and not reference,
                        prepare=not reference)
