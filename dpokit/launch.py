@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .scaling import processes_per_machine
+
 LAUNCHED_ENV = "DPOKIT_LAUNCHED"  # set in children: do not launch again
 CONFIG_ENV = "DPOKIT_ACCELERATE_CONFIG"  # the accelerate config the run should copy into its run directory
 DEFAULT_MULTI_NODE_PORT = 29500
@@ -52,16 +54,6 @@ class LaunchPlan:
 def in_launched_process() -> bool:
     """True inside a process started by `run_launch` (or any torchrun / accelerate launch)."""
     return LAUNCHED_ENV in os.environ or "LOCAL_RANK" in os.environ
-
-
-def processes_per_machine(device_ids: list[int] | None, cuda_devices: int, multi_process: bool) -> int:
-    """One process per requested GPU (all visible ones when device_ids is null; one CPU process with
-    none) when the run is multi-process, else one."""
-    if not multi_process:
-        return 1
-    if device_ids:
-        return len(device_ids)
-    return max(cuda_devices, 1)
 
 
 def device_env(device_ids: list[int] | None) -> dict[str, str]:

@@ -125,3 +125,13 @@ def resolve_fsdp_version(dist: DistributedSection, quant: QuantizationSection) -
 def is_multi_process(dist: DistributedSection, use_ddp: bool) -> bool:
     """Whether the run is started through a launcher (several processes, or a strategy engine)."""
     return resolve_strategy(dist, use_ddp) != "single" or dist.accelerate_config is not None
+
+
+def processes_per_machine(device_ids: list[int] | None, cuda_devices: int, multi_process: bool) -> int:
+    """One process per requested GPU (all visible ones when device_ids is null; one CPU process with
+    none) when the run is multi-process, else one (what dpokit.launch starts on each machine)."""
+    if not multi_process:
+        return 1
+    if device_ids:
+        return len(device_ids)
+    return max(cuda_devices, 1)

@@ -15,10 +15,9 @@ def world_size(config, cuda_devices: int) -> int:
 
     A multi-process run (gpu.use_ddp, a distributed.strategy, several machines) starts one process per
     requested GPU, every visible GPU when `gpu.device_ids` is null, or one CPU process when there are
-    none (dpokit.launch.processes_per_machine, what the launcher starts); a user's accelerate file says
+    none (dpokit.scaling.processes_per_machine, what dpokit.launch starts); a user's accelerate file says
     its own `num_processes` (over all machines). Otherwise one process."""
-    from .launch import processes_per_machine
-    from .scaling import is_multi_process
+    from .scaling import is_multi_process, processes_per_machine
 
     gpu, dist = config.gpu, config.distributed
     if dist.accelerate_config:
