@@ -81,10 +81,14 @@ def prepare_quantized(model, *, gradient_checkpointing: bool, sharded: bool):
     in (bitsandbytes' FSDP-QLoRA guide), so only the freezing and input gradients are applied.
     """
     if not sharded:
+        import warnings
+
         from peft import prepare_model_for_kbit_training
 
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+        with warnings.catch_warnings():  # PEFT calls the name transformers 5 renamed (activation_checkpointing)
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
+            return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
     for param in model.parameters():
         param.requires_grad = False
     if gradient_checkpointing:
