@@ -106,8 +106,20 @@ class TruncationHooks:
         parent = super()._precompute_ref_logps
 
         def compute():
-            with completion_tokens_only():
-                return parent(dataset, name, batch_size)
+            # TRL keeps its own precompute file, keyed by the dataset's fingerprint and a hash of the
+            # policy's weights only: a run in bf16 after one in fp32 on the same data would read the fp32
+            # log-probs back. dpokit's cache (refcache.py) keys on everything that sets them, so TRL's
+            # pass always computes (with datasets' caching off, TRL's file gets a fresh temporary name).
+            import datasets
+
+            was_enabled = datasets.is_caching_enabled()
+            datasets.disable_caching()
+            try:
+                with completion_tokens_only():
+                    return parent(dataset, name, batch_size)
+            finally:
+                if was_enabled:
+                    datasets.enable_caching()
 
         return precompute_with_cache(self, dataset, name, compute)
 
