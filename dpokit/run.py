@@ -198,6 +198,10 @@ def _train_model(config, spec, run: RunDir, plan, device: str) -> RunResult:
         run.write_summary(summary)
     elif data.eval is not None and is_rank_zero():
         _score_validation_pairs(run, summary)
+    if config.evaluation.benchmarks and is_rank_zero():
+        from .bench.runs import run_configured_benchmarks
+
+        summary = run_configured_benchmarks(run, config, summary, trust_remote_code=spec.trust_remote_code)
     _free_device_memory()
     return RunResult(model=spec.name, status="completed", run_dir=str(run), summary=summary)
 
