@@ -260,7 +260,8 @@ BENCHMARKS: tuple[str, ...] = ("ifeval",)
 
 class EvaluationSection(Section):
     enabled: bool | Literal["auto"] = Field(
-        "auto", description="Generate before/after answers on held-out prompts at the end (auto: embedded data)."
+        "auto", description="Generate before/after answers on held-out prompts at the end (auto: embedded data, "
+        "or any data with a validation split)."
     )
     num_prompts: int = Field(60, gt=0, description="Held-out prompts to generate answers for.")
     max_new_tokens: int = Field(48, gt=0, description="Greedy generation length.")

@@ -303,7 +303,7 @@ def _preference(run: RunRecord) -> dict | None:
 
 def _preference_table(runs: list[RunRecord]) -> list[str]:
     cols = ["run", "pairs", "reward accuracy", "reward margin", "chosen more likely: base → trained",
-            "log p margin (nats): base → trained"]
+            "log p margin (nats): base → trained", "change of log p (nats): chosen / rejected"]
     rows = []
     for r in runs:
         p = _preference(r)
@@ -311,7 +311,9 @@ def _preference_table(runs: list[RunRecord]) -> list[str]:
         rows.append([r.label, p["pairs"], f"{b['reward_accuracy']:.2f} → {a['reward_accuracy']:.2f}",
                      f"{b['reward_margin']:+.3f} → {a['reward_margin']:+.3f}",
                      f"{_pct(100 * p['prefers_chosen']['base'])} → {_pct(100 * p['prefers_chosen']['trained'])}",
-                     f"{p['logp_margin']['base']:+.2f} → {p['logp_margin']['trained']:+.2f}"])
+                     f"{p['logp_margin']['base']:+.2f} → {p['logp_margin']['trained']:+.2f}",
+                     f"{p['logp']['chosen']['change']:+.2f} / {p['logp']['rejected']['change']:+.2f}"
+                     if "logp" in p else ""])
     return ["Every validation pair scored after training with the adapter off (before) and on (after); the "
             "reward is the method's (see the glossary: with a reference model, \"before\" is 0 by construction).",
             "", *_table(cols, rows)]

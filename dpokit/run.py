@@ -99,8 +99,11 @@ def check_lengths(config, tokenizer, data, sample: int = 200) -> list[str]:
 
 
 def wants_evaluation(config) -> bool:
+    """Before/after answers at the end of training: when asked, or (auto) for the embedded task and for any
+    data with a validation split (its held-out prompts are answered side by side)."""
     enabled = config.evaluation.enabled
-    return enabled is True or (enabled == "auto" and config.dataset.name.startswith("embedded:"))
+    return enabled is True or (enabled == "auto" and (config.dataset.name.startswith("embedded:")
+                                                      or config.dataset.validation_split > 0))
 
 
 # ----------------------------------------------------------------------------- running
