@@ -8,7 +8,9 @@ configs/quickstart.yaml --set seed=S`, in a fresh process, its own end-of-traini
 switched off), unless a completed run of that seed is already in --runs-root; then its adapter
 answers all 541 prompts through the same code as `dpokit eval --bench ifeval` (greedy, chat
 template, 256 new tokens, fp32, batches of 32), and the run directory gets bench_ifeval.json and
-the answers.
+the answers. The adapter's answers are saved batch by batch next to the run
+(RUNS_ROOT/seedS/trained_answers_256tok.jsonl) and a restarted script continues where it stopped;
+while a pass is unfinished, `unfinished` in the results holds the figures on the prompts answered so far.
 
 The base pass is shared by every seed (the adapter switched off is the base model): it is read
 from benchmarks/results/ifeval_base.json (entry `all_256tok_float32`, answers in
@@ -65,6 +67,69 @@ def base_pass(max_new_tokens: int, prompts) -> tuple[dict, str]:
     result = run_ifeval(load_model(model_id), load_tokenizer(model_id), prompts, max_new_tokens=max_new_tokens,
                         progress="IFEval, base")
     return result, "answered here"
+
+
+def trained_pass(run: Path, prompts, max_new_tokens: int, batch_size: int, partial: Path, on_batch) -> dict:
+    """The adapter's answers to `prompts`, one batch at a time, each batch saved to `partial` (JSON lines) as it
+    finishes and skipped when the script runs again: a stopped benchmark loses at most one batch.
+
+    The batches are the ones `generate_greedy` makes for the whole set (longest prompts first, `batch_size` at
+    a time), so the answers are the same as one `run_ifeval` call's. Returns `run_ifeval`'s shape."""
+    import torch
+
+    from dpokit.bench.ifeval import score_answers
+    from dpokit.generation import chat_texts, generate_greedy
+    from dpokit.rundir import RunDir
+
+    model, tokenizer = RunDir(run).load_trained()
+    done = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            row = json.loads(line)
+            if row["max_new_tokens"] == max_new_tokens:
+                done[row["key"]] = row
+    texts = chat_texts(tokenizer, [p.prompt for p in prompts])
+    lengths = [len(tokenizer(t, add_special_tokens=tokenizer.chat_template is None)["input_ids"]) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))  # generate_greedy's own order
+    seconds = sum(r["seconds"] for r in done.values())
+    for first in range(0, len(order), batch_size):
+        rows = [i for i in order[first:first + batch_size]]
+        if all(prompts[i].key in done for i in rows):
+            continue
+        stats: dict = {}
+        answers = generate_greedy(model, tokenizer, [prompts[i].prompt for i in rows], max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, strip=False, stats=stats)
+        seconds += stats["seconds"]
+        for i, a in zip(rows, answers):
+            done[prompts[i].key] = {"key": prompts[i].key, "answer": a, "max_new_tokens": max_new_tokens,
+                                    "seconds": round(stats["seconds"] / len(rows), 3)}
+        atomic_write_text(partial, "".join(json.dumps(done[k]) + "\n" for k in done))
+        on_batch(len(done))
+    answers = [done[p.key]["answer"] for p in prompts]
+    at_limit = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) >= max_new_tokens for a in answers)
+    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
+                "chat_template": tokenizer.chat_template is not None, "system_prompt": None,
+                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "torch_threads": torch.get_num_threads()}
+    return {"settings": settings, "generation": {"prompts": len(prompts), "answers_at_limit_approx": at_limit,
+                                                 "seconds": round(seconds, 2), "batches_saved_to": str(partial)},
+            "score": score_answers(prompts, answers), "answers": [{"key": p.key, "answer": a}
+                                                                  for p, a in zip(prompts, answers)]}
+
+
+def partial_entry(base: dict, prompts, partial: Path) -> dict:
+    """Figures on the prompts answered so far (base on the same prompts), while a pass is unfinished."""
+    from dpokit.bench.ifeval import compare, score_answers
+
+    rows = {json.loads(line)["key"]: json.loads(line)["answer"] for line in partial.read_text().splitlines()}
+    chosen = [p for p in prompts if p.key in rows]
+    base_answers = {a["key"]: a["answer"] for a in base["answers"]}
+    b = score_answers(chosen, [base_answers[p.key] for p in chosen])
+    t = score_answers(chosen, [rows[p.key] for p in chosen])
+    c = compare(b, t)["strict"]
+    return {"answered": len(chosen), "note": "unfinished pass: the longest prompts come first, so these are not a "
+            "random subset", "base": figures(b), "trained": figures(t),
+            "comparison_strict": {k: c[k] for k in ("wins", "losses", "ties", "change")}}
 
 
 def completed_run(folder: Path) -> Path | None:
@@ -137,7 +202,6 @@ def main(argv=None) -> dict:
     import torch
 
     from dpokit.bench.ifeval import PUBLISHED, select_prompts
-    from dpokit.bench.runs import benchmark_run
 
     prompts = select_prompts(args.limit, 0)
     state = machine()
@@ -160,8 +224,22 @@ def main(argv=None) -> dict:
         seed_state = machine()
         say(f"seed {seed}: IFEval with the adapter of {run} (load {seed_state['load_avg_at_start']})")
         start = time.perf_counter()
-        result = benchmark_run(run, "ifeval", limit=args.limit, max_new_tokens=args.max_new_tokens, base=base,
-                               progress=True)
+        partial = folder / f"trained_answers_{args.max_new_tokens}tok.jsonl"
+
+        def on_batch(answered, seed=seed, partial=partial):
+            say(f"seed {seed}: {answered}/{len(prompts)} answered ({time.perf_counter() - start:.0f} s, "
+                f"load {os.getloadavg()})")
+            record.setdefault("unfinished", {})[str(seed)] = partial_entry(base, prompts, partial)
+            atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+
+        trained = trained_pass(run, prompts, args.max_new_tokens, 32, partial, on_batch)
+        from dpokit.bench.ifeval import compare
+        from dpokit.bench.runs import write_run_results
+        from dpokit.rundir import RunDir
+
+        result = {"base": base, "trained": trained, "comparison": compare(base["score"], trained["score"])}
+        result["files"] = write_run_results(RunDir(run), result, prompts, 0, time.perf_counter() - start)
+        (record.get("unfinished") or {}).pop(str(seed), None)
         seeds[seed] = seed_entry(seed, run, result, time.perf_counter() - start, train_wall, seed_state)
         t = seeds[seed]["trained"]
         say(f"seed {seed}: prompt strict {t['accuracy']['prompt_strict']:.1f} {t['interval95']['prompt_strict']}, "
