@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast notebooks lab bench clean
+.PHONY: setup demo test test-fast notebooks lab bench bench-ifeval clean
 
 setup: $(VENV)/.setup-done
 
@@ -56,6 +56,11 @@ lab: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# IFEval on all 541 prompts: the base model and the quickstart's adapter over seeds 0 1 2 (one pass at a
+# time; ~25 min per pass on one CPU thread). Figures in benchmarks/results/ifeval_full.json.
+bench-ifeval: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ifeval_full.py --seeds 0 1 2
 
 clean:
 	rm -rf outputs logs out

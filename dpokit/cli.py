@@ -55,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="before/after answers of a finished run (base vs trained adapter)")
     ev.add_argument("--run", required=True, help="a run directory written by `dpokit train`")
     ev.add_argument("--num-prompts", type=positive_int, default=None, help="held-out prompts to answer")
-    ev.add_argument("--max-new-tokens", type=positive_int, default=None)
+    ev.add_argument("--max-new-tokens", type=positive_int, default=None,
+                    help="answer length (default: evaluation.max_new_tokens, with --bench "
+                    "evaluation.benchmark_max_new_tokens)")
+    ev.add_argument("--bench", default=None, metavar="NAME",
+                    help="run a public benchmark instead of the held-out prompts: ifeval (base vs trained, "
+                    "written to the run as bench_ifeval.json and shown by `dpokit report`)")
+    ev.add_argument("--limit", type=positive_int, default=None,
+                    help="with --bench: a fixed seeded subset of N prompts (default: evaluation.benchmark_limit, "
+                    "else all)")
     ev.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     ev.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -129,6 +137,8 @@ def _dispatch(args) -> int:
     if args.command == "eval":
         from .evaluate import evaluate_run, print_report
 
+        if args.bench is not None or args.limit is not None:
+            return _bench(args)
         print_report(evaluate_run(args.run, args.num_prompts, args.max_new_tokens,
                                   trust_remote_code=args.trust_remote_code))
         return 0
@@ -234,6 +244,23 @@ def _launch_if_needed(config, args) -> int | None:
     for note in scaling_advice(config, device, plan.world_size):
         print(f"   ! {note}", flush=True)
     return run_launch(plan)
+
+
+def _bench(args) -> int:
+    """`dpokit eval --bench NAME [--limit N]`: the public benchmark on a run, base vs trained."""
+    from .bench.runs import benchmark_run, check_benchmark, print_benchmark
+    from .errors import ConfigError, Problem
+
+    if args.bench is None:
+        raise ConfigError([Problem("--limit", "only goes with --bench", "dpokit eval --run RUN --bench ifeval "
+                                   "--limit 20")], "command line")
+    if args.num_prompts is not None:
+        raise ConfigError([Problem("--num-prompts", "is for the held-out prompts, not a benchmark",
+                                   "use --limit N with --bench")], "command line")
+    check_benchmark(args.bench)
+    print_benchmark(benchmark_run(args.run, args.bench, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                                  trust_remote_code=args.trust_remote_code))
+    return 0
 
 
 def _resume_target(run_dir: str, overrides: dict, extend: bool):

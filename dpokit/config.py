@@ -257,12 +257,39 @@ class LoggingSection(Section):
         return [b for b in v if b != "none"]
 
 
+# Public benchmarks dpokit can run on a run (dpokit/bench/runs.py holds how each is run).
+BENCHMARKS: tuple[str, ...] = ("ifeval",)
+
+
 class EvaluationSection(Section):
     enabled: bool | Literal["auto"] = Field(
-        "auto", description="Generate before/after answers on held-out prompts at the end (auto: embedded data)."
+        "auto", description="Generate before/after answers on held-out prompts at the end (auto: embedded data, "
+        "or any data with a validation split)."
     )
     num_prompts: int = Field(60, gt=0, description="Held-out prompts to generate answers for.")
     max_new_tokens: int = Field(48, gt=0, description="Greedy generation length.")
+    benchmarks: list[str] = Field(default_factory=list, description="Public benchmarks to run at the end of "
+                                  "training, base vs trained (`ifeval`); also `dpokit eval --bench NAME`.")
+    benchmark_limit: int | None = Field(None, gt=0, description="Benchmark prompts to answer: a fixed seeded "
+                                        "subset of this size; null = all (IFEval: 541).")
+    benchmark_max_new_tokens: int = Field(256, gt=0, description="Greedy generation length for benchmark answers "
+                                          "(lighteval's IFEval allows 1280; see docs/ifeval.md).")
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _benchmarks_as_list(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in BENCHMARKS:
+                close = difflib.get_close_matches(name, BENCHMARKS, n=1, cutoff=0.5)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown benchmark '{name}'.{hint} Choose from {', '.join(BENCHMARKS)} "
+                                 "(or leave the list empty)")
+        return list(dict.fromkeys(v))
 
 
 class Config(Section):

@@ -13,6 +13,8 @@ run four ways — chosen and rejected, under the base model (adapter off) and th
 - how often the model itself gives the chosen answer the higher log-probability (summed over its
   tokens) — the comparable before/after figure for methods with a reference: the base model's
   preference, then the trained one's.
+- the change in the mean log-probability of the chosen (and of the rejected) answers: whether
+  training made the preferred answers more likely, or only the rejected ones less likely.
 """
 
 from __future__ import annotations
@@ -112,6 +114,13 @@ def preference_metrics(base: dict, trained: dict, reference: dict, beta: float, 
         return round(sum(d > 0 for d in deltas) / n, 4), round(sum(deltas) / n, 4)
 
     (base_pref, base_delta), (trained_pref, trained_delta) = prefers(base), prefers(trained)
+
+    def mean_logp(scores, side):
+        return round(sum(v[0] for v in scores[side]) / n, 4)
+
+    logp = {side: {"base": mean_logp(base, side), "trained": mean_logp(trained, side)} for side in ("chosen", "rejected")}
+    for side in logp:
+        logp[side]["change"] = round(logp[side]["trained"] - logp[side]["base"], 4)
     return {
         "pairs": n, "beta": beta, "method": method,
         "reward": "β × (log p_policy − log p_ref), log-probs summed over the answer" if uses_reference
@@ -119,6 +128,9 @@ def preference_metrics(base: dict, trained: dict, reference: dict, beta: float, 
         "before": before, "after": after,
         "prefers_chosen": {"base": base_pref, "trained": trained_pref},
         "logp_margin": {"base": base_delta, "trained": trained_delta},
+        # mean summed log-prob of the answers under the base and the trained model: DPO can widen the margin by
+        # pushing the rejected answers down while the chosen ones fall too (a negative change for chosen)
+        "logp": logp,
     }
 
 
@@ -166,7 +178,9 @@ def describe(result: dict) -> str:
     b, a, p = result["before"], result["after"], result["prefers_chosen"]
     return (f"{result['pairs']} validation pairs: reward accuracy {b['reward_accuracy']:.2f} -> "
             f"{a['reward_accuracy']:.2f}, margin {b['reward_margin']:+.3f} -> {a['reward_margin']:+.3f}; "
-            f"chosen more likely than rejected: base {100 * p['base']:.0f}% -> trained {100 * p['trained']:.0f}%")
+            f"chosen more likely than rejected: base {100 * p['base']:.0f}% -> trained {100 * p['trained']:.0f}%"
+            + (f"; log p(chosen) {result['logp']['chosen']['change']:+.2f}, log p(rejected) "
+               f"{result['logp']['rejected']['change']:+.2f} nats" if "logp" in result else ""))
 
 
 def reference_for(config, spec):

@@ -218,6 +218,8 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     """Write one Markdown comparison page of the runs (with its PNGs in `<name>_plots/` beside it)."""
     from tqdm.auto import tqdm
 
+    from .bench.runs import report_section as benchmark_section
+
     runs = load_runs(run_dirs)
     out_path = Path(out_path).expanduser().resolve()
     plot_dir = out_path.parent / f"{out_path.stem}_plots"
@@ -242,6 +244,7 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     evaluated = [r for r in runs if r.evaluation and "outside_task" in r.evaluation]
     if evaluated:
         lines += ["## Before / after", "", *_judge_table(evaluated), "", *_samples_table(evaluated), ""]
+    lines += benchmark_section([(r.label, r.path, r.summary) for r in runs])
     lines += ["## Glossary", "", GLOSSARY]
     return atomic_write_text(out_path, "\n".join(lines))
 
@@ -273,9 +276,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _metrics_table(runs: list[RunRecord]) -> list[str]:
+    from .bench.runs import report_cell as benchmark_cell
+
     cols = ["run", "status", "method", "steps", "time (s)", "loss", "rewards/chosen", "rewards/rejected",
             "rewards/margins", "rewards/accuracies", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins",
-            "held-out pass: base → trained"]
+            "held-out pass: base → trained", "IFEval prompt strict: base → trained"]
     rows = []
     for r in runs:
         s, final = r.summary, r.summary.get("final_metrics") or {}
@@ -287,7 +292,7 @@ def _metrics_table(runs: list[RunRecord]) -> list[str]:
         passed = (f"{ev['base_score']:.1f}% → {ev['trained_score']:.1f}%" if "base_score" in ev else "")
         status = (RunDir(r.path).effective_status() or "?") + (f": {_cell(s['error'], 80)}" if s.get("error") else "")
         rows.append([r.label, status, method, s.get("steps", ""), s.get("train_runtime_s", ""),
-                     *(_num(final.get(k)) for k in cols[5:13]), passed])
+                     *(_num(final.get(k)) for k in cols[5:13]), passed, benchmark_cell(s)])
     return _table(cols, rows)
 
 
@@ -298,7 +303,7 @@ def _preference(run: RunRecord) -> dict | None:
 
 def _preference_table(runs: list[RunRecord]) -> list[str]:
     cols = ["run", "pairs", "reward accuracy", "reward margin", "chosen more likely: base → trained",
-            "log p margin (nats): base → trained"]
+            "log p margin (nats): base → trained", "change of log p (nats): chosen / rejected"]
     rows = []
     for r in runs:
         p = _preference(r)
@@ -306,7 +311,9 @@ def _preference_table(runs: list[RunRecord]) -> list[str]:
         rows.append([r.label, p["pairs"], f"{b['reward_accuracy']:.2f} → {a['reward_accuracy']:.2f}",
                      f"{b['reward_margin']:+.3f} → {a['reward_margin']:+.3f}",
                      f"{_pct(100 * p['prefers_chosen']['base'])} → {_pct(100 * p['prefers_chosen']['trained'])}",
-                     f"{p['logp_margin']['base']:+.2f} → {p['logp_margin']['trained']:+.2f}"])
+                     f"{p['logp_margin']['base']:+.2f} → {p['logp_margin']['trained']:+.2f}",
+                     f"{p['logp']['chosen']['change']:+.2f} / {p['logp']['rejected']['change']:+.2f}"
+                     if "logp" in p else ""])
     return ["Every validation pair scored after training with the adapter off (before) and on (after); the "
             "reward is the method's (see the glossary: with a reference model, \"before\" is 0 by construction).",
             "", *_table(cols, rows)]

@@ -99,8 +99,11 @@ def check_lengths(config, tokenizer, data, sample: int = 200) -> list[str]:
 
 
 def wants_evaluation(config) -> bool:
+    """Before/after answers at the end of training: when asked, or (auto) for the embedded task and for any
+    data with a validation split (its held-out prompts are answered side by side)."""
     enabled = config.evaluation.enabled
-    return enabled is True or (enabled == "auto" and config.dataset.name.startswith("embedded:"))
+    return enabled is True or (enabled == "auto" and (config.dataset.name.startswith("embedded:")
+                                                      or config.dataset.validation_split > 0))
 
 
 # ----------------------------------------------------------------------------- running
@@ -202,6 +205,10 @@ def _train_model(config, spec, run: RunDir, plan, device: str) -> RunResult:
         run.write_summary(summary)
     elif data.eval is not None and is_rank_zero():
         _score_validation_pairs(run, summary)
+    if config.evaluation.benchmarks and is_rank_zero():
+        from .bench.runs import run_configured_benchmarks
+
+        summary = run_configured_benchmarks(run, config, summary, trust_remote_code=spec.trust_remote_code)
     _free_device_memory()
     return RunResult(model=spec.name, status="completed", run_dir=str(run), summary=summary)
 

@@ -106,3 +106,38 @@ def test_the_trained_model_is_freed_before_the_validation_pairs_load_it_again(ti
     monkeypatch.setattr(dpokit.preference_eval, "evaluate_run_preferences", score_and_check)
     trained_run(tiny_llama_dir, pairs_file, tmp_path)
     assert alive == [False]  # two copies of the model would raise the run's peak memory by its weights
+
+
+def test_change_of_log_p_of_the_chosen_answers_matches_trls_own_log_probs(tiny_llama_dir, pairs_file, tmp_path):
+    run = trained_run(tiny_llama_dir, pairs_file, tmp_path)
+    logp = json.loads((run / "eval.json").read_text())["preference"]["logp"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trl_eval = [m for m in metrics if "eval_logps/chosen" in m][-1]
+    # the trained model's mean summed log p of the validation answers, as TRL measured it with the final weights
+    assert logp["chosen"]["trained"] == pytest.approx(trl_eval["eval_logps/chosen"], rel=2e-3, abs=1e-3)
+    assert logp["rejected"]["trained"] == pytest.approx(trl_eval["eval_logps/rejected"], rel=2e-3, abs=1e-3)
+    for side in ("chosen", "rejected"):
+        assert logp[side]["change"] == pytest.approx(logp[side]["trained"] - logp[side]["base"], abs=1e-3)
+        assert logp[side]["base"] < 0
+
+
+def test_any_data_with_a_validation_split_gets_answers_side_by_side(tiny_llama_dir, pairs_file, tmp_path):
+    """Local pairs (not the embedded task): evaluation 'auto' answers validation prompts before and after."""
+    from dpokit.report import write_report
+
+    config = small_run_config(tiny_llama_dir, pairs_file, tmp_path, dataset={"validation_split": 0.25},
+                              evaluation={"enabled": "auto", "num_prompts": 3, "max_new_tokens": 4},
+                              training={"max_steps": 2, "eval_steps": 2, "per_device_eval_batch_size": 2})
+    [result] = train(config)
+    assert result.status == "completed", result.error
+    run = Path(result.run_dir)
+    ev = json.loads((run / "eval.json").read_text())
+    validation_prompts = [json.loads(line)["prompt"] for line in pairs_file.read_text().splitlines()]
+    assert len(ev["samples"]) == 3 and all(any(v in s["prompt"] for v in validation_prompts) for s in ev["samples"])
+    assert all(isinstance(s["base"], str) and isinstance(s["trained"], str) for s in ev["samples"])
+    assert "base_score" not in ev  # no judge for arbitrary data: answers, not pass rates
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval"]["preference"]["logp"] == ev["preference"]["logp"]
+    page = write_report([run], tmp_path / "report.md").read_text()
+    assert "change of log p (nats): chosen / rejected" in page
+    assert "The first 3 held-out prompts" in page and ev["samples"][0]["base"][:3] in page
