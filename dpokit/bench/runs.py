@@ -15,7 +15,7 @@ from typing import Any
 from ..config import BENCHMARKS
 from ..errors import DpokitError
 from ..rundir import RunDir
-from .harness import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, summary_lines
+from .harness import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 
 RESULT_FILES = {"ifeval": ("bench_ifeval.json", "bench_ifeval_answers.jsonl")}
 
@@ -133,10 +133,6 @@ def print_benchmark(result: dict) -> None:
     for line in record_lines(result["record"]):
         print(f"   {line}")
     print(f"   answers and verdicts: {result['files']['answers']}")
-
-
-__all__ = ["benchmark_run", "check_benchmark", "load_record", "print_benchmark", "record", "record_lines",
-           "summary_lines"]
 
 
 def report_cell(summary: dict) -> str:
