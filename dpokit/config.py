@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -183,14 +184,37 @@ class TrainingSection(Section):
     @field_validator("optim")
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
-        from transformers.training_args import OptimizerNames
-
-        names = [o.value for o in OptimizerNames]
+        names = optimizer_names()
         if v not in names:
             close = difflib.get_close_matches(v, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ValueError(f"unknown optimizer '{v}'.{hint} Common: adamw_torch, adamw_torch_fused, sgd, adafactor")
         return v
+
+
+@functools.lru_cache(maxsize=1)
+def optimizer_names() -> tuple[str, ...]:
+    """The optimizer names the installed transformers accepts (`training_args.OptimizerNames`).
+
+    Importing `transformers.training_args` imports PEFT and, when it is installed, bitsandbytes (several
+    seconds, most of a dry run), so the names are read from the module's source; if its layout ever
+    changes, the module is imported instead."""
+    import ast
+    import importlib.util
+
+    try:
+        origin = importlib.util.find_spec("transformers.training_args").origin
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+        enum = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "OptimizerNames")
+        names = tuple(stmt.value.value for stmt in enum.body if isinstance(stmt, ast.Assign)
+                      and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str))
+        if names:
+            return names
+    except (AttributeError, OSError, StopIteration, SyntaxError, ValueError):
+        pass
+    from transformers.training_args import OptimizerNames
+
+    return tuple(o.value for o in OptimizerNames)
 
 
 def partial_section(section: type[Section], keys: tuple[str, ...] | None = None) -> type[Section]:

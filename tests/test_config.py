@@ -205,3 +205,13 @@ def test_readme_config_table_is_the_schema():
     """The README's key table is generated from the schema (dpokit.config.schema_reference): keep it so."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert schema_reference() in readme, "regenerate the README's config table from schema_reference()"
+
+
+def test_optimizer_names_read_without_importing_transformers_are_the_ones_it_accepts():
+    from transformers.training_args import OptimizerNames
+
+    from dpokit.config import optimizer_names
+
+    assert optimizer_names() == tuple(o.value for o in OptimizerNames)
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamw_torh'. Did you mean 'adamw_torch'"):
+        load_config(data={"training": {"optim": "adamw_torh"}})
