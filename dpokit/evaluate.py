@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import DpokitError
 from .rundir import EVAL_FILE, SAMPLES_FILE, RunDir
 
 
@@ -108,9 +107,6 @@ def evaluate_run(run_dir: str | Path | RunDir, num_prompts: int | None = None,
     from .tasks import OUTSIDE_TASK_PROMPTS
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if run.stale_reason() and not run.adapter_dir.exists():
-        raise DpokitError(f"--run: {run} was not finished: {run.stale_reason()}. Continue it with "
-                          f"`dpokit train --resume {run}`, then evaluate it")
     run.require_adapter()
     config = run.config()
     quiet_library_noise(config.logging.log_level)

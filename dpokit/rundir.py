@@ -221,7 +221,11 @@ class RunDir:
         return spec
 
     def require_adapter(self) -> Path:
-        """The trained adapter's folder, or a DpokitError saying the run has none."""
+        """The trained adapter's folder, or a DpokitError saying the run has none (and, for a run whose
+        process is gone before it saved one, how to continue it)."""
+        if self.stale_reason() and not self.adapter_dir.exists():
+            raise DpokitError(f"--run: {self.path} was not finished: {self.stale_reason()}. Continue it with "
+                              f"`dpokit train --resume {self.path}` first")
         if not (self.adapter_dir / "adapter_config.json").exists():
             raise DpokitError(f"RUN_DIR: {self.path} has no trained adapter (adapter/adapter_config.json); "
                               "give the directory of a completed `dpokit train` run")

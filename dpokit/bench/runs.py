@@ -49,9 +49,6 @@ def benchmark_run(run_dir: str | Path | RunDir, bench: str = "ifeval", limit: in
 
     check_benchmark(bench)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if run.stale_reason() and not run.adapter_dir.exists():
-        raise DpokitError(f"--run: {run} was not finished: {run.stale_reason()}. Continue it with "
-                          f"`dpokit train --resume {run}`, then evaluate it")
     run.require_adapter()
     config = run.config()
     limit = limit if limit is not None else config.evaluation.benchmark_limit
