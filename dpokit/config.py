@@ -259,6 +259,16 @@ class FinetuningSection(Section):
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N evaluations without improvement.")
 
 
+def _refuse_unknown(values: list[str], known: tuple[str, ...], kind: str, cutoff: float = 0.6,
+                    tail: str = "") -> None:
+    """A ValueError for the first value not in `known`, with the closest name and the choices."""
+    for value in values:
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1, cutoff=cutoff)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown {kind} '{value}'.{hint} Choose from {', '.join(known)}{tail}")
+
+
 class LoggingSection(Section):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb or none.")
     logging_dir: str = Field("./logs", description="Where tracking backends write (a subfolder per run).")
@@ -272,12 +282,7 @@ class LoggingSection(Section):
     @field_validator("report_to")
     @classmethod
     def _known_backends(cls, v: list[str]) -> list[str]:
-        known = ("tensorboard", "mlflow", "wandb", "none")
-        for b in v:
-            if b not in known:
-                close = difflib.get_close_matches(b, known, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"unknown backend '{b}'.{hint} Choose from {', '.join(known)}")
+        _refuse_unknown(v, ("tensorboard", "mlflow", "wandb", "none"), "backend")
         return [b for b in v if b != "none"]
 
 
@@ -307,12 +312,7 @@ class EvaluationSection(Section):
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in BENCHMARKS:
-                close = difflib.get_close_matches(name, BENCHMARKS, n=1, cutoff=0.5)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"unknown benchmark '{name}'.{hint} Choose from {', '.join(BENCHMARKS)} "
-                                 "(or leave the list empty)")
+        _refuse_unknown(v, BENCHMARKS, "benchmark", cutoff=0.5, tail=" (or leave the list empty)")
         return list(dict.fromkeys(v))
 
 
