@@ -96,9 +96,11 @@ def append_result(results_file: str | Path, record: dict) -> None:
 
 
 def config_key(config, **extra) -> str:
-    """A content key for a run: the resolved config without where it writes, plus `extra` settings."""
-    data = config.model_dump(mode="json")
-    data["training"].pop("output_dir", None)
+    """A content key for a run: the settings that differ from dpokit's defaults, without where it writes
+    or what it logs to, plus `extra` settings. A section or key added to the schema later (at its default)
+    leaves the keys of recorded runs unchanged, so a results file stays readable across versions."""
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    data.get("training", {}).pop("output_dir", None)
     data.pop("logging", None)
     data.pop("evaluation", None)
     blob = json.dumps({"config": data, **extra}, sort_keys=True, default=str)
@@ -130,7 +132,10 @@ def run_experiment(base, points: list[dict[str, Any]], seeds: list[int], results
     todo = [(dict(p), s) for s in seeds for p in points]  # seed by seed: a partial sweep still has every point
     for i, (point, seed) in enumerate(todo, 1):
         overrides = {k: v for k, v in point.items() if k != "task_rows"}
+        # The sweeps judge each run themselves (judge_run): no end-of-training answers or public benchmark
+        # (the quickstart's IFEval step would add minutes to every run).
         config = load_config(data=base_data, overrides={**overrides, "seed": seed, "evaluation.enabled": False,
+                                                        "evaluation.benchmarks": [],
                                                         "training.output_dir": str(output_dir)})
         key = config_key(config, task_rows=point.get("task_rows"), **eval_settings)
         done = {r["key"]: r for r in read_results(results_file) if r.get("kind") == "run"}

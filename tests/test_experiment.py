@@ -26,7 +26,9 @@ def tiny_task_config(tiny_llama_dir, tmp_path):
                      "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "save_steps": 2,
                      "gradient_checkpointing": False, "max_seq_length": 128, "max_prompt_length": 96,
                      "max_completion_length": 32},
-        "logging": {"report_to": ["none"]}, "evaluation": {"enabled": False}, "seed": 0})
+        "logging": {"report_to": ["none"]}, "seed": 0,
+        # what the quickstart asks for at the end of a run; the sweeps judge runs themselves and skip it
+        "evaluation": {"enabled": True, "benchmarks": ["ifeval"], "benchmark_limit": 2}})
 
 
 def test_each_run_is_recorded_and_a_rerun_reads_it_back(tiny_task_config, tmp_path, monkeypatch):
@@ -40,6 +42,10 @@ def test_each_run_is_recorded_and_a_rerun_reads_it_back(tiny_task_config, tmp_pa
     assert record["learning_rate"] == 1e-3 and record["seed"] == 0 and len(record["passed"]) == 2
     assert record["outside_prompts"] == 18 and record["curves"][0]["step"] == 1
     assert record["pairs_seen"] == 4 and record["effective_batch"] == 2 and record["update_norm"] > 0
+    from pathlib import Path
+
+    run_files = {p.name for r in first for p in Path(r["run_dir"]).iterdir()}
+    assert "bench_ifeval.json" not in run_files and "eval.json" not in run_files  # neither benchmark nor answers
 
     import dpokit.run
 
@@ -94,3 +100,30 @@ def test_read_back_only_leaves_out_what_was_never_run(tiny_task_config, tmp_path
     out = run_experiment(tiny_task_config, [{"training.learning_rate": 1e-3}], [0], tmp_path / "r.jsonl", tmp_path / "runs",
                          num_prompts=2, max_new_tokens=4, train_missing=False)
     assert out == []
+
+
+def test_the_recorded_guide_runs_are_read_back_by_the_learning_rate_lesson(tmp_path, capsys):
+    """`make notebooks` redraws notebook 07 from benchmarks/results/guide_runs.jsonl instead of training
+    for hours: the lesson's sweep, built as the notebook builds it, must find every recorded run. This
+    fails when a change to dpokit's schema or to configs/quickstart.yaml changes what a run is: then the
+    recorded runs no longer describe the lesson (retrain them, or keep the key stable as config_key does
+    for settings added at their defaults)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dpokit.experiment import sweep_base
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks" / "results" / "guide_runs.jsonl"
+    recorded = [r for r in read_results(results) if r.get("kind") == "run" and "training.learning_rate" in r["point"]]
+    assert recorded, "the results file holds learning-rate runs"
+    params = yaml.safe_load((root / "notebooks" / "params" / "07_learning_rate.yaml").read_text())
+    base = sweep_base(root / "configs" / "quickstart.yaml", model_id="embedded:smollm2-135m-instruct",
+                      dataset_name="embedded:instruct-tasks", max_steps=params["max_steps"], batch_size=4,
+                      max_samples=params["max_samples"])
+    points = [{"training.learning_rate": lr} for lr in params["learning_rates"]]
+    found = run_experiment(base, points, params["seeds"], results, tmp_path, num_prompts=params["eval_prompts"],
+                           max_new_tokens=params["max_new_tokens"], train_missing=False)
+    assert sorted(r["key"] for r in found) == sorted(r["key"] for r in recorded)
+    assert "recorded earlier" in capsys.readouterr().out
