@@ -22,10 +22,12 @@ def measure_run(config, overrides: dict[str, Any] | None = None, output_dir: str
     Returns peak_rss_mb (the whole process: libraries, weights, activations), rss_after_imports_mb,
     cuda_peak_mb on a GPU, step_s, and status: "completed", "out of memory" (CUDA), "killed" (SIGKILL,
     on Linux usually the kernel's out-of-memory killer) or "crashed", with the error. A failure is a
-    result here, not an exception."""
+    result here, not an exception. Only training is measured: the end-of-run answers and benchmarks the
+    config may ask for (evaluation) are switched off, so they neither add minutes nor count in the peak."""
     from .config import load_config
 
-    cfg = load_config(data=config.model_dump(mode="json"), overrides=overrides or {})
+    cfg = load_config(data=config.model_dump(mode="json"),
+                      overrides={**(overrides or {}), "evaluation.enabled": False, "evaluation.benchmarks": []})
     out = str(output_dir or cfg.training.output_dir)
     with tempfile.TemporaryDirectory(prefix="dpokit-measure-") as work:
         config_path, result_path = Path(work) / "config.yaml", Path(work) / "result.json"

@@ -263,3 +263,27 @@ def test_model_layout_is_cached_by_config_and_rebuilt_when_damaged(tiny_llama_di
     entry.write_text('{"model_type": "llama", "num_par')  # half-written
     assert model_layout(mc) == first  # rebuilt
     assert model_layout(mc, use_cache=False) == first
+
+
+def test_a_measured_run_is_training_only(tiny_llama_dir, tmp_path):
+    """measure_run (notebook 04, benchmarks) trains in a fresh process and reports its peak: a config that
+    asks for end-of-run answers and IFEval (as the quickstart's does) is measured without them."""
+    from dpokit.measure import measure_run
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": "No."}) + "\n"
+                            for w in ("yes", "maybe", "sure", "fine", "ok", "right", "good", "well")))
+    config = load_config(data={
+        "models": [{"name": "tiny", "huggingface_id": str(tiny_llama_dir)}],
+        "dataset": {"name": str(rows), "validation_split": 0.25},
+        "post_training": {"use_ref_model": False},
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 2, "logging_steps": 1,
+                     "max_seq_length": 112, "max_prompt_length": 96, "max_completion_length": 16},
+        "logging": {"report_to": ["none"]},
+        "evaluation": {"enabled": True, "benchmarks": ["ifeval"], "benchmark_limit": 2}})
+    result = measure_run(config, output_dir=tmp_path / "runs")
+    assert result["status"] == "completed", result.get("error")
+    assert result["steps"] == 2 and result["peak_rss_mb"] > result["rss_after_imports_mb"] > 0
+    written = {p.name for p in Path(result["run_dir"]).iterdir()}
+    assert "adapter" in written and "bench_ifeval.json" not in written
