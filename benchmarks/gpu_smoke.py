@@ -48,17 +48,23 @@ def cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def smoke_config(model: str, data: Path, out: Path, steps: int, bf16: bool) -> dict:
-    """The dpokit config every strategy trains (sections the strategies change are in the spec)."""
+def smoke_config(model: str, data: Path, out: Path, steps: int, bf16: bool, name: str = "single",
+                 gpus: int = 1) -> dict:
+    """The dpokit config of strategy `name` on `gpus` GPUs: the sections a user would write for it
+    (`distributed`, `quantization`, `gpu.device_ids`), everything else shared by every strategy."""
+    strategy, quant, offload, _ = STRATEGIES[name]
     return {
         "models": [{"name": "smoke", "huggingface_id": model}],
         "dataset": {"name": str(data), "validation_split": 0.0, "max_samples": None},
         "post_training": {"method": "dpo", "use_ref_model": False},
         "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
-        "training": {"output_dir": str(out / "runs"), "max_steps": steps, "per_device_train_batch_size": 2,
+        "training": {"output_dir": str(out / "runs" / name), "max_steps": steps, "per_device_train_batch_size": 2,
                      "gradient_accumulation_steps": 1, "learning_rate": 1e-5, "warmup_steps": 0,
                      "max_seq_length": 512, "max_prompt_length": 256, "max_completion_length": 256,
                      "logging_steps": 1, "save_steps": 10_000, "gradient_checkpointing": True, "bf16": bf16},
+        "gpu": {"device_ids": list(range(1 if strategy == "single" else gpus)), "use_ddp": strategy == "ddp"},
+        "distributed": {"strategy": None if strategy in ("single", "ddp") else strategy, "cpu_offload": offload},
+        "quantization": {"load_in": quant},
         "logging": {"report_to": ["none"], "logging_dir": str(out / "logs")},
         "evaluation": {"enabled": False},
         "seed": 0,
@@ -71,40 +77,46 @@ def plan_runs(names: list[str], gpus: int) -> tuple[list[str], list[str]]:
     return run, [n for n in names if n not in run]
 
 
-def estimate(config: dict, name: str, gpus: int, model_config) -> int:
-    """dpokit.gpu_memory's per-GPU estimate for `name` on `gpus` GPUs."""
+def estimate(config: dict, gpus: int, model_config) -> int:
+    """dpokit.gpu_memory's per-GPU estimate for a smoke config on a machine with `gpus` GPUs (what
+    `dpokit train --dry-run --plan` prints for it)."""
     from dataclasses import replace
 
     from dpokit.config import load_config
     from dpokit.gpu_memory import gpu_estimate
     from dpokit.plan_inputs import model_facts, setup_from_config
-    from dpokit.scaling import DistributedSection, QuantizationSection
+    from dpokit.schedule import world_size
 
-    strategy, quant, offload, _ = STRATEGIES[name]
-    dist = DistributedSection(strategy=None if strategy == "single" else strategy, cpu_offload=offload)
-    setup, _ = setup_from_config(load_config(data=config), quantization=QuantizationSection(load_in=quant),
-                                 distributed=dist)
-    world = 1 if strategy == "single" else gpus
-    return gpu_estimate(model_facts(model_config), replace(setup, world_size=world)).total
+    loaded = load_config(data=config)
+    setup, _ = setup_from_config(loaded)
+    return gpu_estimate(model_facts(model_config), replace(setup, world_size=world_size(loaded, gpus))).total
 
 
-def run_strategy(name: str, config_path: Path, gpus: int, work: Path, precision: str) -> list[dict]:
+def launch_plan(config_path: Path, name: str, gpus: int, work: Path):
+    """How dpokit would start the smoke config of `name` (dpokit.launch.plan_for_config), with this
+    script's worker as the program each process runs."""
+    from dpokit.config import load_config
+    from dpokit.launch import plan_for_config
+
+    out = work / f"{name}.results"
+    return plan_for_config(load_config(config_path), ["--worker", str(config_path), name, str(out)], gpus,
+                           output_dir=str(work / name), program=(str(Path(__file__).resolve()),)), out
+
+
+def run_strategy(name: str, config_path: Path, gpus: int, work: Path) -> list[dict]:
     """Launch the worker for one strategy the way dpokit launches a run; per-rank results."""
     import os
     import subprocess
 
-    from dpokit.launch import plan_launch, write_accelerate_config
+    from dpokit.launch import write_accelerate_config
 
-    strategy, quant, offload, _ = STRATEGIES[name]
-    ids = list(range(gpus if strategy != "single" else 1))
-    out = work / f"{name}.results"
+    plan, out = launch_plan(config_path, name, gpus, work)
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_launch(strategy=strategy, argv=["--worker", str(config_path), name, str(out)], device_ids=ids,
-                       cuda_devices=gpus, precision=precision, cpu_offload=offload,
-                       fsdp_version=1 if quant == "4bit" else 2, config_dir=work / name,
-                       program=(str(Path(__file__).resolve()),))
-    write_accelerate_config(plan)
-    proc = subprocess.run(list(plan.command), env={**os.environ, **plan.env, "PYTHONPATH": str(ROOT)},
+    if plan.accelerate_config is not None:
+        write_accelerate_config(plan)
+    command = list(plan.command) if plan.commands else [sys.executable, str(Path(__file__).resolve()), "--worker",
+                                                         str(config_path), name, str(out)]
+    proc = subprocess.run(command, env={**os.environ, **plan.env, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         return [{"error": "\n".join(proc.stderr.strip().splitlines()[-15:])}]
@@ -112,7 +124,9 @@ def run_strategy(name: str, config_path: Path, gpus: int, work: Path, precision:
 
 
 def worker(config_path: str, name: str, out_dir: str) -> None:
-    """One training process: load the model as the strategy says, train, write this rank's figures."""
+    """One training process, built exactly as `dpokit train` builds it (dpokit.run.build_run_trainer: the
+    model loaded by model_loading / quantization / distributed, the reference, the TRL trainer), plus a
+    step timer; writes this rank's figures."""
     import os
 
     import torch
@@ -120,43 +134,40 @@ def worker(config_path: str, name: str, out_dir: str) -> None:
 
     from dpokit.config import load_config
     from dpokit.data import load_preference_data
-    from dpokit.models import load_tokenizer, resolve_model_path
-    from dpokit.quantization import bnb_config, load_policy
-    from dpokit.trainers import build_trainer, build_training_args
+    from dpokit.models import load_tokenizer
+    from dpokit.run import build_run_trainer
+    from dpokit.rundir import RunDir
 
-    strategy, quant, _, _ = STRATEGIES[name]
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    rank = int(os.environ.get("RANK", 0))
+    cuda = torch.cuda.is_available()  # always on a GPU machine; the CPU path is what the test suite runs
     config = load_config(config_path)
-    path = resolve_model_path(config.models[0].huggingface_id)
-    run_dir = Path(config.training.output_dir) / f"{name}-rank{rank}"
-    # The training arguments exist before the model loads, so transformers sees ZeRO-3 / FSDP while loading.
-    keep_alive = build_training_args(config, run_dir, False, False)
-    dtype = "bf16" if config.training.bf16 else "fp32"  # GPUs without bfloat16 (e.g. T4) train in fp32
-    storage = dtype if strategy in ("fsdp", "zero3") else "uint8"
-    quantization = bnb_config(quant, compute_dtype=dtype, quant_storage=storage)
-    torch.cuda.reset_peak_memory_stats()
-    model = load_policy(path, dtype=dtype, quantization_config=quantization, strategy=strategy, local_rank=local,
-                        cuda=True, gradient_checkpointing=True)
+    spec = config.models[0]
+    run = RunDir(Path(config.training.output_dir) / f"{name}-rank{rank}")
+    run.path.mkdir(parents=True, exist_ok=True)
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
 
-    tokenizer = load_tokenizer(path)
-    trainer = build_trainer(config, model=model, tokenizer=tokenizer,
-                            data=load_preference_data(config, bool(tokenizer.chat_template)), run_dir=run_dir,
-                            callbacks=[StepTimer()], use_cpu=False)
+    tokenizer = load_tokenizer(spec.huggingface_id)
+    data = load_preference_data(config, bool(tokenizer.chat_template))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer, _ = build_run_trainer(config, spec, run, tokenizer, data, "cuda" if cuda else "cpu")
+    trainer.add_callback(StepTimer())
     trainer.train()
-    del keep_alive
-    figures = {"rank": rank, "strategy": name, "steps": len(times),
-               "step_s": statistics.median(times[1:] or times), "peak_allocated": torch.cuda.max_memory_allocated(),
-               "peak_reserved": torch.cuda.max_memory_reserved(), "gpu": torch.cuda.get_device_name()}
+    figures = {"rank": rank, "strategy": name, "steps": len(times), "step_s": statistics.median(times[1:] or times),
+               "peak_allocated": torch.cuda.max_memory_allocated() if cuda else None,
+               "peak_reserved": torch.cuda.max_memory_reserved() if cuda else None,
+               "gpu": torch.cuda.get_device_name() if cuda else None}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(figures))
 
 
@@ -184,18 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dpokit-gpu-smoke-"))
     path = resolve_model_path(args.model)
     data = write_rows(work / "rows.jsonl", fixed_length_rows(AutoTokenizer.from_pretrained(path), 64, 256))
-    config = smoke_config(args.model, data, work, args.steps, torch.cuda.is_bf16_supported())
-    config_path = work / "smoke.yaml"
+    bf16 = torch.cuda.is_bf16_supported()  # GPUs without bfloat16 (e.g. T4) train in fp32
     import yaml
 
-    config_path.write_text(yaml.safe_dump(config))
     model_config = AutoConfig.from_pretrained(path)
     run, skipped = plan_runs(names, gpus)
     print(f"{gpus} GPU(s): {torch.cuda.get_device_name()}; model {args.model}; work dir {work}")
     print(f"{'strategy':<15}{'GPUs':>5}{'step s':>9}{'peak GB (max over ranks)':>26}{'estimate GB':>13}{'ratio':>7}")
     for name in run:
-        results = run_strategy(name, config_path, gpus, work, "bf16" if config["training"]["bf16"] else "fp32")
-        est = estimate(config, name, gpus, model_config)
+        config = smoke_config(args.model, data, work, args.steps, bf16, name, gpus)
+        config_path = work / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        results = run_strategy(name, config_path, gpus, work)
+        est = estimate(config, gpus, model_config)
         if "error" in results[0]:
             print(f"{name:<15} failed:\n{results[0]['error']}")
             continue

@@ -248,7 +248,8 @@ class GpuSection(Section):
                           "launch; torchrun with gloo on a CPU); distributed.strategy picks FSDP or ZeRO instead.")
     on_missing: Literal["stop", "cpu"] = Field(
         "stop", description="When the requested GPUs are not there: stop with an error, or fall back to CPU "
-        "(with use_ddp, one CPU process per requested GPU: the advice says what that costs).")
+        "on a machine with no GPU (with use_ddp, one CPU process per requested GPU: the advice says what that "
+        "costs); with only some of them present the run stops either way.")
 
 
 class FinetuningSection(Section):

@@ -187,13 +187,14 @@ def plan_launch(*, strategy: str, argv: list[str], device_ids: list[int] | None,
 
 
 def plan_for_config(config, argv: list[str], cuda_devices: int, *, output_dir: str | None = None,
-                    python: str = sys.executable) -> LaunchPlan:
+                    python: str = sys.executable, program: tuple[str, ...] = ("-m", "dpokit")) -> LaunchPlan:
     """The LaunchPlan of a dpokit Config run as `dpokit <argv>` on a machine with `cuda_devices` GPUs.
 
     The generated accelerate config goes to `<output_dir>/launch/` (each run directory gets a copy,
     `record_launch_config`); a user's accelerate file is used as is. One process on a machine with
     several GPUs and no `gpu.device_ids` is given GPU 0 (a process that sees several GPUs would be
-    wrapped in nn.DataParallel, which TRL's trainers refuse)."""
+    wrapped in nn.DataParallel, which TRL's trainers refuse). `program`: what each process runs before
+    `argv` (dpokit's CLI; benchmarks/gpu_smoke.py runs its own worker under the same plan)."""
     from .scaling import resolve_fsdp_version, resolve_strategy
 
     gpu, dist, t = config.gpu, config.distributed, config.training
@@ -209,7 +210,8 @@ def plan_for_config(config, argv: list[str], cuda_devices: int, *, output_dir: s
                        precision=precision, cpu_offload=dist.cpu_offload,
                        fsdp_version=resolve_fsdp_version(dist, config.quantization),
                        user_accelerate_config=dist.accelerate_config, deepspeed_config_file=deepspeed_file,
-                       config_dir=Path(output_dir or t.output_dir).expanduser() / "launch", python=python)
+                       config_dir=Path(output_dir or t.output_dir).expanduser() / "launch", python=python,
+                       program=program)
 
 
 def _machine_commands(program: tuple[str, ...], argv: list[str], num_machines: int) -> tuple[tuple[str, ...], ...]:

@@ -211,9 +211,17 @@ def device_problems(config, device: DeviceInfo | None = None) -> list[Problem]:
                            "there is none here", "set model_loading.dtype: auto (fp32 on a CPU), or gpu.on_missing: "
                            "cpu to fall back to fp32 on the CPU"))
     wanted = len(gpu.device_ids) if gpu.device_ids else 0
-    if not wanted or gpu.on_missing == "cpu":
+    if not wanted or (gpu.on_missing == "cpu" and device.cuda_devices == 0):
         return out
     missing = missing_gpus(gpu.device_ids, device.cuda_devices)
+    if missing and gpu.on_missing == "cpu":  # some GPUs here: the CPU fallback cannot mix with them
+        present = [i for i in gpu.device_ids if i not in missing] or list(range(device.cuda_devices))
+        return out + [Problem("gpu.device_ids", f"GPU(s) {missing} requested but this machine has "
+                              f"{device.cuda_devices} CUDA device(s); gpu.on_missing: cpu falls back to the CPU "
+                              "only on a machine with no GPU (processes cannot train half on GPUs, half on the "
+                              "CPU, and a silent smaller world size would change the effective batch)",
+                              f"set device_ids: {present} (and raise gradient_accumulation_steps to keep the "
+                              "effective batch), or device_ids: null to use every visible GPU")]
     if missing:
         return out + [Problem("gpu.device_ids", f"GPU(s) {missing} requested but this machine has "
                         f"{device.cuda_devices} CUDA device(s)",
@@ -301,7 +309,7 @@ def advise(config, device: DeviceInfo | None = None, n_train_rows: int | None = 
     if t.warmup_steps and plan.total_steps is not None and t.warmup_steps >= plan.total_steps:
         limit = f"max_steps {t.max_steps}" if t.max_steps is not None else f"the ~{plan.total_steps} optimizer steps"
         notes.append(f"warmup_steps {t.warmup_steps} >= {limit}: the learning rate never reaches its peak")
-    if wanted := (config.gpu.device_ids or []):
+    if (wanted := (config.gpu.device_ids or [])) and device.cuda_devices == 0:
         missing = [i for i in wanted if i >= device.cuda_devices]
         if missing and config.gpu.on_missing == "cpu":
             notes.append(f"GPU(s) {missing} are not on this machine: falling back to the CPU (gpu.on_missing: cpu)")

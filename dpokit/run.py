@@ -178,7 +178,7 @@ def _train_model(config, spec, run: RunDir, plan, device: str) -> RunResult:
     resumes = run.summary().get("resumes", []) + ([{"from": str(ckpt), "at": _now()}] if plan and plan.in_place else [])
     run.mark_running(**({"resumes": resumes} if resumes else {}))  # only now: the checks above passed
     _give_advice(config, run, len(data.train))
-    trainer, watch = _build(config, spec, run, tokenizer, data, device)
+    trainer, watch = build_run_trainer(config, spec, run, tokenizer, data, device)
     from .tracking import tracking_environment
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -251,7 +251,7 @@ def _give_advice(config, run: RunDir, n_train_rows: int) -> list[str]:
     return notes
 
 
-def _build(config, spec, run: RunDir, tokenizer, data, device: str):
+def build_run_trainer(config, spec, run: RunDir, tokenizer, data, device: str):
     """The policy (and a separate reference when asked), wrapped in the method's TRL trainer.
 
     The model loads as the config says (model_loading dtype and attention kernel, quantization). Under

@@ -287,3 +287,19 @@ def test_a_run_records_how_it_loaded_and_exports_in_that_dtype(name, sections, d
     if name == "qlora":
         assert "merged into the unquantized base" in info["quantization_note"]
         assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
+
+
+@pytest.mark.parametrize("device_ids, gpus, hint", [([0, 1, 2, 3], 2, "device_ids: [0, 1]"),
+                                                    ([4, 5], 2, "device_ids: [0, 1]")])
+def test_the_cpu_fallback_does_not_cover_a_machine_with_fewer_gpus(device_ids, gpus, hint):
+    """on_missing: cpu is for a machine without GPUs; with some of the requested GPUs present the run would
+    start one process per requested GPU on too few devices: refused before anything loads, with the fix."""
+    from dpokit.rules import advise, device_problems
+
+    config = config_with(gpu={"device_ids": device_ids, "use_ddp": True, "on_missing": "cpu"})
+    machine = DeviceInfo(cuda_devices=gpus, bf16_ok=True)
+    [problem] = [p for p in device_problems(config, machine) if p.where == "gpu.device_ids"]
+    assert "falls back to the CPU only on a machine with no GPU" in problem.message
+    assert hint in problem.hint and "gradient_accumulation_steps" in problem.hint
+    assert not any("falling back to the CPU" in n for n in advise(config, machine))
+    assert device_problems(config, CPU) == []  # no GPU at all: the fallback applies (and advise says what starts)
