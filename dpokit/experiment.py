@@ -142,7 +142,9 @@ def run_experiment(base, points: list[dict[str, Any]], seeds: list[int], results
         if key in done:
             print(f"### {i}/{len(todo)} {point_label(point)}, seed {seed}: recorded earlier "
                   f"({done[key]['status']}, {done[key].get('finished', '?')})", flush=True)
-            out.append(done[key])
+            # the same run may have been recorded under another point (another lesson's sweep, or a point
+            # that equals the base): the caller gets it under the point it asked for
+            out.append({**done[key], "point": point, "label": point_label(point)})
             continue
         if not train_missing:
             print(f"### {i}/{len(todo)} {point_label(point)}, seed {seed}: not in the results file (left out)", flush=True)

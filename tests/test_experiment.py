@@ -127,3 +127,16 @@ def test_the_recorded_guide_runs_are_read_back_by_the_learning_rate_lesson(tmp_p
                            max_new_tokens=params["max_new_tokens"], train_missing=False)
     assert sorted(r["key"] for r in found) == sorted(r["key"] for r in recorded)
     assert "recorded earlier" in capsys.readouterr().out
+
+
+def test_a_run_recorded_under_another_point_comes_back_under_the_point_asked_for(tiny_task_config, tmp_path):
+    """Two points that resolve to the same settings (here: accumulation 1 is the base's own) are one run,
+    trained once; each comes back under its own point, so a lesson can name its records by point (notebook
+    02 reads back the learning-rate lesson's run of the quickstart's own loss this way)."""
+    results = tmp_path / "results.jsonl"
+    points = [{"training.learning_rate": 1e-3},
+              {"training.learning_rate": 1e-3, "training.gradient_accumulation_steps": 1}]
+    records = run_experiment(tiny_task_config, points, [0], results, tmp_path / "runs", num_prompts=2, max_new_tokens=4)
+    assert [r["point"] for r in records] == points
+    assert records[0]["key"] == records[1]["key"]
+    assert [r["kind"] for r in read_results(results)].count("run") == 1
