@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .console import bars_off
 from .rundir import EVAL_FILE, SAMPLES_FILE, RunDir
 
 
@@ -35,7 +36,7 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 48, batch_si
     model.eval()
     try:
         batches = range(0, len(texts), batch_size)
-        for start in tqdm(batches, desc=progress or "Generating", disable=progress is None, leave=False):
+        for start in tqdm(batches, desc=progress or "Generating", disable=progress is None or bars_off(), leave=False):
             chunk = texts[start:start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not has_template)
             enc = {k: v.to(model.device) for k, v in enc.items()}

@@ -21,6 +21,8 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+from .console import bars_off
+
 Prompt = str | Sequence[dict]  # a user message, or a list of chat messages
 
 
@@ -86,7 +88,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[Prompt], max_new_tokens:
     start = time.perf_counter()
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    bar = tqdm(total=len(texts), desc=progress or "Generating", unit="prompt", disable=progress is None, leave=False)
+    bar = tqdm(total=len(texts), desc=progress or "Generating", unit="prompt", disable=progress is None or bars_off(), leave=False)
     try:
         for first in range(0, len(order), batch_size):
             rows = order[first:first + batch_size]

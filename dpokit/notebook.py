@@ -1,11 +1,17 @@
 """Helpers the lessons share: paths that mean the same from JupyterLab, nbmake and papermill,
-notebook parameters given as text, and saving figures for the README."""
+notebook parameters given as text, and saving figures for the README. Importing it honours TQDM_DISABLE
+for the libraries' own progress bars (`console.apply_bars_setting`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .console import apply_bars_setting
+
 MARKER = Path("configs") / "quickstart.yaml"  # a file only the project root has
+
+# `make notebooks` and papermill runs set TQDM_DISABLE=1: no frozen progress bars in the executed lessons
+apply_bars_setting()
 
 
 def project_root(start: str | Path | None = None) -> Path:

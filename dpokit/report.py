@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .console import bars_off
 from .errors import DpokitError
 from .files import atomic_write_text
 from .rundir import CONFIG_FILE, EVAL_FILE, RunDir
@@ -224,7 +225,7 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     out_path = Path(out_path).expanduser().resolve()
     plot_dir = out_path.parent / f"{out_path.stem}_plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    for run in tqdm(runs, desc="Plotting runs", disable=len(runs) < 3, leave=False):
+    for run in tqdm(runs, desc="Plotting runs", disable=len(runs) < 3 or bars_off(), leave=False):
         if run.records:  # each run's own plots too, for runs recorded before plots existed
             plot_run(run.path)
 

@@ -177,3 +177,13 @@ def test_unsorted_batches_give_the_same_answers(tiny):
     model, tokenizer = tiny
     assert generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, sort_by_length=False) == \
         generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3)
+
+
+@pytest.mark.parametrize("setting, shown", [("1", False), ("", True)])
+def test_tqdm_disable_turns_the_answer_progress_bar_off(tiny, capsys, monkeypatch, setting, shown):
+    # a labelled bar passes disable= explicitly, which tqdm lets override TQDM_DISABLE: an executed notebook
+    # then kept every bar as a frozen "0%" line
+    model, tokenizer = tiny
+    monkeypatch.setenv("TQDM_DISABLE", setting)
+    generate_greedy(model, tokenizer, PROMPTS[:2], max_new_tokens=2, progress="Answering the test prompts")
+    assert ("Answering the test prompts" in capsys.readouterr().err) is shown
