@@ -46,6 +46,22 @@ def gather(folder: Path) -> tuple[dict[str, list[dict]], list[dict]]:
     return by_tip, notebooks
 
 
+def recorded_cost(results: Path) -> str:
+    """One sentence: how many lesson runs the results file holds and how long they took when trained."""
+    if not results.exists():
+        return f"No run is recorded in `{results.name}` yet: `make notebooks` trains every lesson run."
+    runs = [r for r in (json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip())
+            if r.get("kind") == "run" and r.get("wall_s")]
+    if not runs:
+        return f"No run is recorded in `{results.name}` yet: `make notebooks` trains every lesson run."
+    hours = sum(r["wall_s"] for r in runs) / 3600
+    loads = sorted(r["load_start"] for r in runs if r.get("load_start") is not None)
+    load = f"; median load average when they started {loads[len(loads) // 2]:.1f} on {runs[0].get('cpus', '?')} CPUs" if loads else ""
+    return (f"From scratch (without `{results.relative_to(ROOT).as_posix() if results.is_relative_to(ROOT) else results}`) "
+            f"`make notebooks` also trains and judges the {len(runs)} recorded lesson runs: {hours:.1f} h of wall time "
+            f"when they were made, one at a time{load}.")
+
+
 def real_parameters(name: str, parameters: dict) -> bool:
     """True when the notebook ran with its real-run parameters (notebooks/params/<name>.yaml), not CI's small defaults."""
     import yaml
@@ -71,7 +87,8 @@ def cell(text: str) -> str:
     return (text or "—").replace("|", "\\|").replace("\n", " ")
 
 
-def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -> tuple[str, list[str]]:
+def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path,
+           results: Path = ROOT / "benchmarks" / "results" / "guide_runs.jsonl") -> tuple[str, list[str]]:
     rows, missing, kinds, measured, measured_real = [], [], Counter(), 0, 0
     for i, t in enumerate(TIPS, 1):
         parts = by_tip.get(t.id, [])
@@ -131,7 +148,7 @@ def render(by_tip: dict[str, list[dict]], notebooks: list[dict], folder: Path) -
     lines += ["", f"All {len(notebooks)} notebooks together: {total / 60:.0f} min of execution."]
     lines += ["", "Run times include the training recorded in `benchmarks/results/guide_runs.jsonl` only when a run "
               "was trained during that execution; runs already in the file are read back. Every run record in that "
-              "file carries its start and end time and the machine's load average.",
+              "file carries its start and end time and the machine's load average.", "", recorded_cost(results),
               "", f"Written {datetime.now().isoformat(timespec='minutes')}.", ""]
     return "\n".join(lines), missing
 

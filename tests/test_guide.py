@@ -67,3 +67,16 @@ def test_guide_check_script_writes_a_row_for_every_tip(tmp_path):
         assert t.text in text
     assert "no notebook has tested this tip" in text  # the tips this fake run did not cover are named as such
     assert "d 3.1 [2.0, 4.2]" in text
+
+
+def test_guide_check_states_what_the_recorded_runs_cost_from_scratch(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from guide_check import recorded_cost
+
+    results = tmp_path / "guide_runs.jsonl"
+    assert "trains every lesson run" in recorded_cost(results)  # no file yet: everything is trained
+    rows = [{"kind": "base", "key": "b"}, {"kind": "run", "wall_s": 1800.0, "load_start": 1.0, "cpus": 2},
+            {"kind": "run", "wall_s": 5400.0, "load_start": 3.0, "cpus": 2}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sentence = recorded_cost(results)
+    assert "2 recorded lesson runs: 2.0 h" in sentence and "load average when they started 3.0 on 2 CPUs" in sentence
