@@ -59,7 +59,7 @@ def recorded_cost(results: Path) -> str:
     load = f"; median load average when they started {loads[len(loads) // 2]:.1f} on {runs[0].get('cpus', '?')} CPUs" if loads else ""
     return (f"From scratch (without `{results.relative_to(ROOT).as_posix() if results.is_relative_to(ROOT) else results}`) "
             f"`make notebooks` also trains and judges the {len(runs)} recorded lesson runs: {hours:.1f} h of wall time "
-            f"when they were made, one at a time{load}.")
+            f"when they were made{load}.")
 
 
 def real_parameters(name: str, parameters: dict) -> bool:
