@@ -39,7 +39,8 @@ test-fast: setup
 # Real runs of every notebook with larger parameters (notebooks/params/<name>.yaml), executed
 # copies in out/notebooks, then docs/guide_check.md from the verdicts they display. The lessons' sweeps
 # record each finished run in benchmarks/results/guide_runs.jsonl and read it back, so with that file in
-# place this redraws the figures (~25 minutes); without it, it trains every run again (many hours on a CPU).
+# place this redraws the figures and re-measures notebook 04 (~40 minutes on an idle 2-core CPU); without it,
+# it trains every run again (about 4 more hours).
 # Add papermill options with NB_ARGS, e.g. NB_ARGS='-p figures_dir docs/figures'.
 NB_OUT ?= out/notebooks
 NB_ARGS ?=
