@@ -32,7 +32,7 @@ test: setup
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 notebooks -q
 
-# The test suite without executing the notebooks (~11 minutes instead of ~22 on 2 cores).
+# The test suite without executing the notebooks (~8 minutes instead of ~22 on 2 cores).
 test-fast: setup
 	$(BIN)/python -m pytest tests -q
 
